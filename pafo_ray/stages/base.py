@@ -1,0 +1,96 @@
+"""The contract every stage keeps: inputs, outputs, config, ``run()``.
+
+A stage is a module with ``NAME``, ``DEPENDS`` (stages whose outputs it reads),
+``SECTIONS`` (config sections it reads) and ``run(ctx) -> summary dict``. The runner
+hashes the sections together with the hashes of the stages it depends on, skips the
+stage when ``<run>/<stage>/_SUCCESS.json`` carries that hash, and otherwise clears the
+folder, runs it, writes ``summary.json`` and the marker last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pafo_ray.config import PipelineConfig
+from pafo_ray.storage import RunDir
+
+log = logging.getLogger("pafo_ray")
+
+# Pipeline order. `embed` runs only in frozen mode; `tune` only when num_samples > 0.
+ORDER = ["input", "prepare", "embed", "teachers", "margins", "baselines", "tune",
+         "distill", "evaluate"]
+
+
+@dataclass
+class StageContext:
+    cfg: PipelineConfig
+    run_dir: RunDir
+    hashes: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, cfg: PipelineConfig) -> "StageContext":
+        return cls(cfg, RunDir(cfg.run.storage_path, cfg.run.run_name))
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"pafo_ray.stages.{name}")
+
+
+def stage_hash(ctx: StageContext, name: str) -> str:
+    if name in ctx.hashes:
+        return ctx.hashes[name]
+    module = stage_module(name)
+    parts = [ctx.cfg.section_hash(*module.SECTIONS), str(ctx.cfg.run.seed)]
+    parts += [stage_hash(ctx, dep) for dep in module.DEPENDS if is_active(ctx.cfg, dep)]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    ctx.hashes[name] = digest
+    return digest
+
+
+def is_active(cfg: PipelineConfig, name: str) -> bool:
+    if name == "embed":
+        return cfg.model.mode == "frozen"
+    if name == "tune":
+        return cfg.tune.num_samples > 0
+    if name == "baselines":
+        return bool(cfg.baselines.methods)
+    return True
+
+
+def is_done(ctx: StageContext, name: str) -> bool:
+    return ctx.run_dir.is_complete(name, stage_hash(ctx, name))
+
+
+def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
+    """Run one stage unless its complete output with the same hash exists."""
+    module = stage_module(name)
+    digest = stage_hash(ctx, name)
+    if not force and ctx.run_dir.is_complete(name, digest):
+        summary = ctx.run_dir.read_json(name, "summary.json")
+        print(f"[{name}] done already ({ctx.run_dir.uri(name)}), skipped", flush=True)
+        return summary
+    for dep in module.DEPENDS:
+        if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
+            raise RuntimeError(f"stage '{name}' needs '{dep}', which has no complete output "
+                               f"for this config: run `pafo-ray {dep}` (or `pafo-ray run`) first")
+    ctx.run_dir.start(name)
+    began = time.time()
+    summary = module.run(ctx)
+    summary["seconds"] = round(time.time() - began, 2)
+    ctx.run_dir.write_json(summary, name, "summary.json")
+    ctx.run_dir.mark_complete(name, digest)
+    print(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
+          f"-> {ctx.run_dir.uri(name)}", flush=True)
+    return summary
+
+
+def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:
+    chosen = stages or [s for s in ORDER if is_active(ctx.cfg, s)]
+    unknown = [s for s in chosen if s not in ORDER]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {ORDER}")
+    return {name: run_stage(ctx, name, force=ctx.cfg.run.force) for name in chosen}

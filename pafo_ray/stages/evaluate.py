@@ -1,0 +1,129 @@
+"""Stage ``evaluate``: every method scored on the test split, one report.
+
+Methods: ``vanilla`` (teachers/vanilla), each baseline, ``pafo`` (distill/student) and,
+when the student's weights came from the tune stage, ``pafo_default`` (the student with
+the default weights). Ray Data batch inference scores the rows; the metrics (Fairlearn
+style, bootstrap intervals by user) and the report are computed on the driver from the
+narrow scored table. Outputs: ``evaluate/report.md``, ``metrics.json``, PNG plots.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+from pafo_ray.stages.base import StageContext, is_active, is_done
+from pafo_ray.storage import upload_dir
+from pafo_ray.train import jobs as J
+
+NAME = "evaluate"
+DEPENDS = ["distill", "baselines"]
+SECTIONS = ("evaluate",)
+KEEP = ["row_id", "user_id", "group", "support_rate", "user_type"]
+
+
+def method_models(ctx: StageContext) -> dict:
+    run_dir, cfg = ctx.run_dir, ctx.cfg
+    models = {"vanilla": run_dir.uri("teachers", "vanilla")}
+    if is_active(cfg, "baselines"):
+        for m in cfg.baselines.methods:
+            models[m] = run_dir.uri("baselines", m)
+    models["pafo"] = run_dir.uri("distill", "student")
+    if run_dir.exists("distill", "student_default", "config.json"):
+        models["pafo_default"] = run_dir.uri("distill", "student_default")
+    return models
+
+
+def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
+    """One row per test row: the kept columns plus ``margin_<method>`` for each method."""
+    import ray.data
+
+    from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
+
+    cfg = ctx.cfg
+    ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split),
+                               columns=SCORE_COLUMNS + ["support_rate", "user_type"])
+    for method, uri in models.items():
+        ds = score_dataset(ds, uri, cfg.to_dict(), f"margin_{method}",
+                           batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
+                           num_gpus=cfg.margins.num_gpus_per_actor)
+    columns = KEEP + [c for m in models for c in (f"margin_{m}", f"margin_{m}_unknown_user")]
+    return ds.select_columns(columns).to_pandas()
+
+
+def method_frames(scored: pd.DataFrame, users: pd.DataFrame, models: dict) -> dict:
+    users = users.assign(user_id=users["user_id"].astype(str)).set_index("user_id")
+    base = scored[KEEP].copy()
+    base["user_id"] = base["user_id"].astype(str)
+    base["user_support"] = users["user_support"].reindex(base["user_id"]).to_numpy()
+    base["seen"] = users["train_rows"].reindex(base["user_id"]).fillna(0).to_numpy() > 0
+    if base["user_type"].isna().all():
+        base = base.drop(columns=["user_type"])
+    return {m: base.assign(margin=scored[f"margin_{m}"].to_numpy(np.float64)) for m in models}
+
+
+def run(ctx: StageContext) -> dict:
+    import pyarrow.parquet as pq
+
+    from pafo_ray.metrics import compare_methods
+    from pafo_ray.report import write_report
+
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    models = method_models(ctx)
+    scored = score_split(ctx, models, cfg.evaluate.split)
+    with run_dir.fs.open_input_file(run_dir.fs_path("prepare", "users.parquet")) as fh:
+        users = pq.read_table(fh).to_pandas()
+    frames = method_frames(scored, users, models)
+    metrics = compare_methods(frames, reference="vanilla", buckets=cfg.evaluate.support_buckets,
+                              bootstrap=cfg.evaluate.bootstrap, seed=cfg.run.seed)
+    unknown = int(scored["margin_pafo_unknown_user"].sum())
+    notes = _notes(ctx, unknown, len(scored))
+    pareto = None
+    if is_active(cfg, "tune") and is_done(ctx, "tune"):
+        pareto = run_dir.read_json("tune", "summary.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = run_dir.local_dir(NAME) or tmp
+        paths = write_report(local, metrics, title=f"pafo_ray report: {cfg.run.run_name}",
+                             notes=notes, pareto=pareto)
+        if pareto and pareto.get("plot"):
+            _copy_plot(run_dir, local)
+        upload_dir(local, run_dir, NAME)
+    return {"report": run_dir.uri(NAME, "report.md"), "methods": list(models),
+            "rows": int(len(scored)), "files": {k: os.path.basename(v) for k, v in paths.items()},
+            "headline": _headline(metrics)}
+
+
+def _notes(ctx: StageContext, unknown: int, rows: int) -> list:
+    run_dir = ctx.run_dir
+    notes = list(run_dir.read_json("teachers", "summary.json").get("fallbacks", {}).values())
+    distill = run_dir.read_json("distill", "summary.json")
+    notes.append(f"pafo student weights from {distill['origin']}: {distill['settings']}")
+    prepare = run_dir.read_json("prepare", "summary.json")
+    notes.append(f"groups by {prepare['group_level']} support; rows set aside in prepare: "
+                 f"{prepare['rows_set_aside']} {prepare['set_aside']}")
+    if unknown:
+        notes.append(f"{unknown} of {rows} test rows came from users unseen in training "
+                     "(scored with the mean user embedding)")
+    return notes
+
+
+def _copy_plot(run_dir, local: str) -> None:
+    data = run_dir.read_bytes("tune", "pareto_front.png")
+    with open(os.path.join(local, "pareto_front.png"), "wb") as fh:
+        fh.write(data)
+
+
+def _headline(metrics: dict) -> dict:
+    out = {}
+    for method, m in metrics.get("methods", {}).items():
+        by = m.get("by_group", m.get("accuracy", {}).get("group", {})).get("by_group", {}) \
+            if isinstance(m.get("by_group", None), dict) else {}
+        out[method] = by
+    return out
+
+
+def describe(summary: dict) -> str:
+    return f"{summary['rows']:,} test rows, methods {summary['methods']}; report {summary['report']}"

@@ -1,0 +1,64 @@
+"""Stage ``input``: make the rows ``prepare`` reads.
+
+Files the user points to (parquet, jsonl, Hugging Face) are read in place: this stage
+only records them. The built-in generator and the DSP / PersonalLLM converters write
+their rows as parquet under ``<run>/input/rows/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from pafo_ray.stages.base import StageContext
+from pafo_ray.storage import upload_dir
+
+NAME = "input"
+DEPENDS: list = []
+SECTIONS = ("data",)
+
+
+def run(ctx: StageContext) -> dict:
+    data = ctx.cfg.data
+    if data.source in ("parquet", "jsonl", "hf"):
+        if not data.path:
+            raise ValueError(f"data.source={data.source} needs data.path")
+        return {"source": data.source, "path": data.path, "generated": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = ctx.run_dir.local_dir(NAME, "rows") or os.path.join(tmp, "rows")
+        os.makedirs(local, exist_ok=True)
+        rows = _write_rows(ctx, local)
+        upload_dir(local, ctx.run_dir, NAME, "rows")
+    return {"source": "parquet", "path": ctx.run_dir.uri(NAME, "rows"), "generated": True,
+            "generator": data.source, "rows": rows}
+
+
+def _write_rows(ctx: StageContext, local: str) -> int:
+    import pyarrow.parquet as pq
+
+    data = ctx.cfg.data
+    if data.source == "builtin":
+        from pafo_ray.data.generate import write_generated
+
+        files = write_generated(data.generator, local)
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    from pafo_ray.data import convert
+
+    if not data.path:
+        raise ValueError(f"data.source={data.source} needs data.path (the {data.source} file)")
+    kwargs = dict(num_users=data.sim_num_users, minority_fraction=data.sim_minority_fraction,
+                  raters_train=data.sim_raters_train, raters_eval=data.sim_raters_eval,
+                  label_beta=data.sim_label_beta, max_prompts=data.sim_max_prompts,
+                  seed=ctx.cfg.run.seed)
+    if data.source == "dsp":
+        table = convert.dsp_to_table(data.path, **kwargs)
+    else:
+        table = convert.personalllm_to_table(data.path, **kwargs)
+    pq.write_table(table, os.path.join(local, "part-00000.parquet"))
+    return table.num_rows
+
+
+def describe(summary: dict) -> str:
+    if summary.get("generated"):
+        return f"{summary['rows']:,} rows from {summary['generator']}"
+    return f"reading {summary['source']} at {summary['path']}"

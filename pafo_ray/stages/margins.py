@@ -1,0 +1,107 @@
+"""Stage ``margins``: Ray Data batch inference of every teacher on every train/val row.
+
+Per row the output keeps ``margin_<group>`` of each teacher (for analysis), the row's own
+group, and ``user_group`` (the user's support group, for the minority-users scope). The
+conditional target (the own group's teacher) is picked when the student trains, because
+its normalisation is a tunable. ``margins/teacher_stats.json`` holds each teacher's
+validation margin mean/std. NaN/inf margins fail the stage with their row count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pafo_ray.stages.base import StageContext
+from pafo_ray.train import jobs as J
+
+NAME = "margins"
+DEPENDS = ["teachers"]
+SECTIONS = ("margins",)
+
+_USERS: dict = {}
+
+
+def _add_user_group(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
+    import ray
+
+    key = users_ref.hex()
+    if key not in _USERS:
+        _USERS.clear()
+        _USERS[key] = ray.get(users_ref)
+    table = _USERS[key]
+    batch["user_group"] = table.reindex(batch["user_id"].astype(str)).to_numpy(dtype=object)
+    return batch
+
+
+def user_groups(run_dir, cfg) -> pd.Series:
+    """Each user's support group: prepare's when grouping by user, else by quantile."""
+    import pyarrow.parquet as pq
+
+    from pafo_ray.data import support as support_lib
+
+    with run_dir.fs.open_input_file(run_dir.fs_path("prepare", "users.parquet")) as fh:
+        users = pq.read_table(fh).to_pandas()
+    users["user_id"] = users["user_id"].astype(str)
+    names = J.names(cfg)
+    if cfg.prepare.group_level != "user":
+        cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), cfg.prepare.user_quantile)
+        users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
+    return users.set_index("user_id")["group"]
+
+
+def run(ctx: StageContext) -> dict:
+    import ray
+    import ray.data
+
+    from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
+
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    names = J.names(cfg)
+    teachers = run_dir.read_json("teachers", "summary.json")
+    stats = {}
+    for g in names:
+        if not run_dir.exists("teachers", g, "config.json"):
+            raise RuntimeError(f"teacher '{g}' has no complete checkpoint at "
+                               f"{run_dir.uri('teachers', g)}: rerun `pafo-ray teachers --force`")
+        stats[g] = _margin_stats(run_dir, g)
+    ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val"),
+                               columns=SCORE_COLUMNS + ["support_rate", "user_type"])
+    users_ref = ray.put(user_groups(run_dir, cfg))
+    ds = ds.map_batches(_add_user_group, batch_format="pandas", fn_kwargs={"users_ref": users_ref})
+    m = cfg.margins
+    for g in names:
+        ds = score_dataset(ds, run_dir.uri("teachers", g), cfg.to_dict(), f"margin_{g}",
+                           batch_size=m.batch_size, num_actors=m.num_actors,
+                           num_gpus=m.num_gpus_per_actor)
+    out = run_dir.uri(NAME, "rows")
+    ds.write_parquet(out, partition_cols=["split"])
+    check = ray.data.read_parquet(out, columns=[f"margin_{g}" for g in names] + ["split"])
+    counts = check.map_batches(_finite_counts, batch_format="pandas", batch_size=None).to_pandas()
+    bad = int(counts["non_finite"].sum())
+    if bad:
+        raise RuntimeError(f"{bad} rows got NaN/inf teacher margins; the student will not train "
+                           "on them. Check the teachers (rerun `pafo-ray teachers --force`).")
+    run_dir.write_json(stats, NAME, "teacher_stats.json")
+    return {"rows": int(counts["rows"].sum()), "teacher_stats": stats,
+            "fallbacks": teachers.get("fallbacks", {})}
+
+
+def _finite_counts(batch: pd.DataFrame) -> pd.DataFrame:
+    values = batch[[c for c in batch.columns if c.startswith("margin_")]].to_numpy(np.float64)
+    return pd.DataFrame({"rows": [len(batch)],
+                         "non_finite": [int((~np.isfinite(values)).any(axis=1).sum())]})
+
+
+def _margin_stats(run_dir, group: str) -> dict:
+    path = ("teachers", group, "margin_stats.json")
+    if not run_dir.exists(*path):
+        raise RuntimeError(f"teacher '{group}' lacks {'/'.join(path)}: rerun `pafo-ray teachers --force`")
+    stats = run_dir.read_json(*path)
+    return {"mean": float(stats["val_margin_mean"]), "std": float(stats["val_margin_std"])}
+
+
+def describe(summary: dict) -> str:
+    spread = ", ".join(f"{g}: mean {s['mean']:.2f} std {s['std']:.2f}"
+                       for g, s in summary["teacher_stats"].items())
+    return f"{summary['rows']:,} rows scored by every teacher ({spread})"

@@ -1,0 +1,243 @@
+"""Stage ``prepare`` on Ray Data: validate, support rates, groups, splits.
+
+    chunks ─read+validate─▶ repartition(P, keys=[comparison_key]) ─support─▶ groups ─▶ parquet
+
+Every vote on a comparison lands in one hash partition, so the support rate is a local
+pyarrow/numpy group-by there: no data is collected to the driver. Row-level groups are
+assigned in the same pass. User-level groups need each user's mean training support
+first: the support pass writes ``_support/``, narrow per-block user aggregates come to the
+driver (users, not rows), and a second pass assigns groups. Output:
+
+    prepare/data/split={train,val,test}/group=<group>/*.parquet
+    prepare/data/split=set_aside/group=<reason>/*.parquet   (nothing is dropped)
+    prepare/users.parquet   prepare/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pafo_ray.data import support as support_lib
+from pafo_ray.data.schema import group_names
+from pafo_ray.data.sources import DataValidationError
+from pafo_ray.stages.base import StageContext
+
+NAME = "prepare"
+DEPENDS = ["input"]
+SECTIONS = ("data", "prepare")
+
+_USER_TABLES: dict = {}
+
+
+def _read_validate(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction):
+    from pafo_ray.data.formats import normalize_preferences
+    from pafo_ray.data.sources import read_chunk
+    from pafo_ray.data.validate import validate_table
+
+    tables = []
+    for chunk in batch.to_pylist():
+        chunk = {k: v for k, v in chunk.items() if v is not None}
+        raw = read_chunk(chunk)
+        raw = normalize_preferences(raw, source=chunk["path"])
+        tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
+                                     val_fraction=val_fraction, test_fraction=test_fraction))
+    return pa.concat_tables(tables)
+
+
+def _support(batch: pa.Table, **kwargs) -> pa.Table:
+    return support_lib.annotate_support(batch, **kwargs)
+
+
+def _label(batch: pa.Table, *, level, tau, names, users_ref=None) -> pa.Table:
+    """Add ``group`` (and ``user_support``); set-aside rows go to split=set_aside/group=reason."""
+    reason = batch.column("set_aside_reason").to_numpy(zero_copy_only=False).astype(object)
+    support = batch.column("support_rate").to_numpy(zero_copy_only=False)
+    few = batch.column("few_raters").to_numpy(zero_copy_only=False)
+    users = batch.column("user_id").to_numpy(zero_copy_only=False)
+    if users_ref is not None:
+        table = _user_table(users_ref)
+        user_support = table["user_support"].reindex(users).to_numpy(dtype=np.float64)
+    else:
+        user_support = np.full(batch.num_rows, np.nan)
+    if level == "user":
+        groups = table["group"].reindex(users).to_numpy(dtype=object)
+    else:
+        groups = support_lib.row_groups(np.nan_to_num(support, nan=1.0), few, tau, names)
+    bad = reason != ""
+    groups = np.where(bad, reason, groups)
+    split = np.where(bad, "set_aside", batch.column("split").to_numpy(zero_copy_only=False))
+    batch = batch.set_column(batch.schema.get_field_index("split"), "split",
+                             pa.array(split, pa.string()))
+    return (batch.append_column("user_support", pa.array(user_support, pa.float64()))
+            .append_column("group", pa.array(groups, pa.string())))
+
+
+def _user_table(ref) -> pd.DataFrame:
+    import ray
+
+    key = ref.hex()
+    if key not in _USER_TABLES:
+        _USER_TABLES.clear()
+        _USER_TABLES[key] = ray.get(ref)
+    return _USER_TABLES[key]
+
+
+def _user_partials(batch: pa.Table) -> pa.Table:
+    """Per-block sums by user: rows, training rows, training support (few-rater rows excluded)."""
+    frame = batch.to_pandas()
+    frame = frame[frame["set_aside_reason"] == ""]
+    train = (frame["split"] == "train") & ~frame["few_raters"]
+    frame = frame.assign(train_rows=train.astype(np.int64),
+                         train_support=np.where(train, frame["support_rate"], 0.0), rows=1)
+    out = frame.groupby("user_id", sort=False)[["rows", "train_rows", "train_support"]].sum()
+    return pa.Table.from_pandas(out.reset_index(), preserve_index=False)
+
+
+def _block_stats(batch: pa.Table) -> pa.Table:
+    frame = batch.to_pandas()
+    counts = frame.groupby(["split", "group"]).size()
+    valid = frame[frame["split"] != "set_aside"]
+    hist = np.histogram(valid["support_rate"].to_numpy(np.float64), bins=10, range=(0.0, 1.0))[0]
+    comparisons = valid.groupby("split")["first_of_comparison"].sum()
+    return pa.table({"counts": [json.dumps([[s, g, int(n)] for (s, g), n in counts.items()])],
+                     "hist": [hist.tolist()],
+                     "comparisons": [json.dumps({s: int(n) for s, n in comparisons.items()})],
+                     "few_raters": [int(valid["few_raters"].sum())]})
+
+
+def run(ctx: StageContext) -> dict:
+    import ray
+
+    from pafo_ray.data.sources import plan_chunks
+    from pafo_ray.ray_session import cluster_cpus
+
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    prep = cfg.prepare
+    _check(prep)
+    names = group_names(prep.num_groups)
+    source = run_dir.read_json("input", "summary.json")
+    chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
+    partitions = prep.num_partitions or cluster_cpus()
+
+    ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
+    ds = ds.map_batches(_read_validate, batch_size=1, batch_format="pyarrow", fn_kwargs=dict(
+        strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
+        test_fraction=prep.test_fraction))
+    ds = ds.repartition(partitions, keys=["comparison_key"])
+    ds = ds.map_batches(_support, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                        fn_kwargs=dict(prior_a=prep.prior_a, prior_b=prep.prior_b,
+                                       min_raters=prep.min_raters, strict=prep.strict,
+                                       few_raters_policy=prep.few_raters_policy))
+    data_uri = run_dir.uri(NAME, "data")
+    label_kwargs = dict(level=prep.group_level, tau=prep.tau, names=names)
+    try:
+        if prep.group_level == "row":
+            ds.map_batches(_label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
+                           ).write_parquet(data_uri, partition_cols=["split", "group"])
+            users = _collect_users(ray.data.read_parquet(data_uri, columns=_USER_COLUMNS))
+            users["group"] = None
+        else:
+            support_uri = run_dir.uri(NAME, "_support")
+            ds.write_parquet(support_uri)
+            users = _collect_users(ray.data.read_parquet(support_uri, columns=_USER_COLUMNS))
+            cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
+            users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
+            ref = ray.put(users[["user_support", "group"]])
+            label_kwargs["users_ref"] = ref
+            ray.data.read_parquet(support_uri).map_batches(
+                _label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
+            ).write_parquet(data_uri, partition_cols=["split", "group"])
+            run_dir.remove(NAME, "_support")
+    except Exception as exc:  # surface our own validation errors without Ray's wrapping
+        raise _unwrap(exc) from None
+    users_out = users.reset_index()
+    run_dir.write_bytes(_parquet_bytes(users_out), NAME, "users.parquet")
+    stats = ray.data.read_parquet(data_uri, columns=["split", "group", "support_rate",
+                                                     "first_of_comparison", "few_raters"])
+    summary = _summarise(stats.map_batches(_block_stats, batch_format="pyarrow",
+                                           batch_size=None).to_pandas(), users, prep, names)
+    summary["partitions"] = partitions
+    summary["input_files"] = len({c["path"] for c in chunks})
+    return summary
+
+
+_USER_COLUMNS = ["user_id", "split", "support_rate", "set_aside_reason", "few_raters"]
+
+
+def _collect_users(narrow) -> pd.DataFrame:
+    partials = narrow.map_batches(_user_partials, batch_format="pyarrow", batch_size=None).to_pandas()
+    users = partials.groupby("user_id").sum()
+    users["user_support"] = np.where(users["train_rows"] > 0,
+                                     users["train_support"] / users["train_rows"].clip(lower=1),
+                                     np.nan)
+    return users
+
+
+def _summarise(stats: pd.DataFrame, users: pd.DataFrame, prep, names) -> dict:
+    counts: dict = {}
+    for text in stats["counts"]:
+        for split, group, value in json.loads(text):
+            counts[(split, group)] = counts.get((split, group), 0) + value
+    comparisons: dict = {}
+    for text in stats["comparisons"]:
+        for key, value in json.loads(text).items():
+            comparisons[key] = comparisons.get(key, 0) + int(value)
+    by_split: dict = {}
+    set_aside: dict = {}
+    for (split, group), value in counts.items():
+        if split == "set_aside":
+            set_aside[group] = set_aside.get(group, 0) + value
+        else:
+            by_split.setdefault(split, {})[group] = value
+    hist = np.sum(np.stack([np.asarray(h) for h in stats["hist"]]), axis=0).tolist()
+    summary = {
+        "rows": int(sum(counts.values())),
+        "rows_kept": int(sum(sum(g.values()) for g in by_split.values())),
+        "set_aside": set_aside, "rows_set_aside": int(sum(set_aside.values())),
+        "groups": by_split, "group_names": names, "group_level": prep.group_level,
+        "comparisons": comparisons,
+        "few_rater_rows": int(stats["few_raters"].sum()), "few_raters_policy": prep.few_raters_policy,
+        "support_histogram": {"edges": np.linspace(0, 1, 11).round(2).tolist(), "counts": hist},
+        "users": int(len(users)),
+        "users_with_one_training_row": int((users["train_rows"] == 1).sum()),
+        "users_without_training_rows": int((users["train_rows"] == 0).sum()),
+    }
+    if prep.group_level == "user":
+        summary["users_by_group"] = {str(k): int(v) for k, v in users["group"].value_counts().items()}
+    return summary
+
+
+def _check(prep) -> None:
+    cuts = prep.tau if prep.group_level == "row" else prep.user_quantile
+    name = "prepare.tau" if prep.group_level == "row" else "prepare.user_quantile"
+    if len(cuts) != prep.num_groups - 1 or list(cuts) != sorted(cuts):
+        raise ValueError(f"{name} must hold num_groups-1 = {prep.num_groups - 1} ascending "
+                         f"values, got {cuts}")
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, DataValidationError):
+            return DataValidationError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def describe(summary: dict) -> str:
+    groups = ", ".join(f"{s}: " + "/".join(f"{g} {n:,}" for g, n in sorted(gs.items()))
+                       for s, gs in sorted(summary["groups"].items()))
+    return (f"{summary['rows']:,} rows, {summary['users']:,} users, {groups}; "
+            f"set aside {summary['rows_set_aside']:,} {summary['set_aside'] or ''}")

@@ -1,0 +1,85 @@
+"""Stage ``teachers``: one Bradley–Terry teacher per group, plus vanilla, on Ray Train.
+
+Each teacher trains only on its group's rows and is validated on its group's validation
+rows; vanilla trains on all rows. With ``teachers.init=scratch`` all of them fit at once;
+with ``init=vanilla`` vanilla fits first and each teacher starts from it. A group with
+fewer than ``teachers.min_rows`` training rows either fails the stage or (policy
+``vanilla``) takes the vanilla model as its teacher, which the summary and report state.
+Outputs: ``teachers/<group>/`` and ``teachers/vanilla/`` (saved models with margin stats).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+from pafo_ray.stages.base import StageContext, stage_hash
+from pafo_ray.storage import download_dir, upload_dir
+from pafo_ray.train import jobs as J
+from pafo_ray.train.ray_train import TrainJob, run_jobs
+
+NAME = "teachers"
+DEPENDS = ["prepare", "embed"]
+SECTIONS = ("model", "train", "teachers")
+
+
+def run(ctx: StageContext) -> dict:
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    names = J.names(cfg)
+    counts = J.train_row_counts(run_dir)
+    small = [g for g in names if counts.get(g, 0) < cfg.teachers.min_rows]
+    if small and cfg.teachers.small_group_policy == "error":
+        raise ValueError(
+            f"group(s) {small} have {[counts.get(g, 0) for g in small]} training rows, fewer than "
+            f"teachers.min_rows={cfg.teachers.min_rows}; lower it, change prepare.user_quantile/"
+            "tau, or set teachers.small_group_policy=vanilla")
+    digest = stage_hash(ctx, NAME)
+    vanilla = TrainJob("vanilla", J.objective_for("vanilla", cfg), J.rows_uris(run_dir, "train"),
+                       J.rows_uris(run_dir, "val"), [NAME, "vanilla"])
+    teachers = [TrainJob(g, J.objective_for("teacher", cfg), J.rows_uris(run_dir, "train", [g]),
+                         _val_uris(run_dir, g, counts), [NAME, g])
+                for g in names if g not in small]
+    results = {}
+    if cfg.teachers.init == "vanilla":
+        results.update(run_jobs(ctx, NAME, [vanilla], digest))
+        for job in teachers:
+            job.init_from = results["vanilla"]["model"]
+            job.epochs = cfg.teachers.finetune_epochs
+        results.update(run_jobs(ctx, NAME, teachers, digest))
+    else:
+        results.update(run_jobs(ctx, NAME, [vanilla] + teachers, digest))
+    fallbacks = {}
+    for g in small:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = download_dir(run_dir, tmp, NAME, "vanilla")
+            copy = tempfile.mkdtemp()
+            shutil.copytree(local, copy, dirs_exist_ok=True)
+            upload_dir(copy, run_dir, NAME, g)
+            shutil.rmtree(copy, ignore_errors=True)
+        fallbacks[g] = (f"group '{g}' has {counts.get(g, 0)} training rows (< teachers.min_rows="
+                        f"{cfg.teachers.min_rows}): its teacher is the vanilla model")
+    return {"jobs": results, "train_rows": counts, "fallbacks": fallbacks, "groups": names,
+            "init": cfg.teachers.init, "overlap_seconds": _overlap(results, names)}
+
+
+def _val_uris(run_dir, group: str, counts: dict) -> list:
+    summary = run_dir.read_json("prepare", "summary.json")
+    if summary["groups"].get("val", {}).get(group, 0) > 0:
+        return J.rows_uris(run_dir, "val", [group])
+    return J.rows_uris(run_dir, "val")  # no validation rows of this group: validate on all
+
+
+def _overlap(results: dict, names: list) -> float:
+    spans = [(results[g]["started"], results[g]["finished"]) for g in names if g in results]
+    if len(spans) < 2:
+        return 0.0
+    return round(max(0.0, min(e for _, e in spans) - max(s for s, _ in spans)), 2)
+
+
+def describe(summary: dict) -> str:
+    parts = []
+    for name, info in summary["jobs"].items():
+        m = info["metrics"]
+        parts.append(f"{name} val acc {m.get('val_accuracy', float('nan')):.3f}")
+    extra = f"; fallbacks: {list(summary['fallbacks'])}" if summary["fallbacks"] else ""
+    return f"{'; '.join(parts)} (teachers overlapped {summary['overlap_seconds']:.0f} s){extra}"

@@ -1,0 +1,45 @@
+"""What each method trains on and with which objective: one place for all stages."""
+
+from __future__ import annotations
+
+from pafo_ray.config import PipelineConfig
+from pafo_ray.data.schema import group_names
+from pafo_ray.storage import RunDir
+
+BASELINE_KINDS = {"reweight", "groupdro", "fairness_penalty"}
+
+
+def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
+    """Keyword arguments of :class:`pafo_ray.train.loop.Objective` for a method."""
+    k = cfg.prepare.num_groups
+    base = {"num_groups": k, "user_shrinkage": cfg.model.user_shrinkage}
+    if method in ("vanilla", "teacher"):
+        return {**base, "kind": "bt"}
+    if method == "reweight":
+        return {**base, "kind": "reweight"}
+    if method == "groupdro":
+        return {**base, "kind": "groupdro", "groupdro_eta": cfg.baselines.groupdro_eta}
+    if method == "fairness_penalty":
+        return {**base, "kind": "fairness_penalty", "fairness_alpha": cfg.baselines.fairness_alpha}
+    if method == "pafo":
+        d = distill or cfg.distill
+        return {**base, "kind": "pafo", "group_weight": [d.minority_weight] + [1.0] * (k - 1),
+                "distill_loss": d.loss, "lam": d.lam, "temperature": d.temperature,
+                "clip": d.clip}
+    raise ValueError(f"unknown method {method!r}; known: vanilla, pafo, {sorted(BASELINE_KINDS)}")
+
+
+def rows_uris(run_dir: RunDir, split: str, groups: list | None = None) -> list:
+    """Parquet folders of prepared rows of a split (optionally only some groups)."""
+    if groups is None:
+        return [run_dir.uri("prepare", "data", f"split={split}")]
+    return [run_dir.uri("prepare", "data", f"split={split}", f"group={g}") for g in groups]
+
+
+def train_row_counts(run_dir: RunDir) -> dict:
+    summary = run_dir.read_json("prepare", "summary.json")
+    return {g: int(n) for g, n in summary["groups"].get("train", {}).items()}
+
+
+def names(cfg: PipelineConfig) -> list:
+    return group_names(cfg.prepare.num_groups)

@@ -1,0 +1,189 @@
+"""The plain PyTorch loop every model trains with: teachers, baselines, student, trials.
+
+It knows nothing of Ray: a Ray Train worker, a Tune trial and a benchmark call the same
+:func:`fit`. One step scores the chosen and rejected texts of a minibatch, turns the
+margins into per-row losses and lets the :class:`Objective` combine them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pafo_ray import losses
+from pafo_ray.train.arrays import Cache, Rows
+
+
+class PairScorer(nn.Module):
+    """Wraps a RewardModel so that one ``forward`` (the one DDP sees) yields margins."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, user_index, chosen_phi=None, rejected_phi=None, chosen_tokens=None,
+                rejected_tokens=None) -> torch.Tensor:
+        users = torch.cat([user_index, user_index])
+        if chosen_phi is not None:
+            rewards = self.model(users, phi=torch.cat([chosen_phi, rejected_phi]))
+        else:
+            rewards = self.model(users, input_ids=torch.cat([chosen_tokens["input_ids"],
+                                                             rejected_tokens["input_ids"]]),
+                                 attention_mask=torch.cat([chosen_tokens["attention_mask"],
+                                                           rejected_tokens["attention_mask"]]))
+        half = user_index.shape[0]
+        return rewards[:half] - rewards[half:]
+
+
+def margins_of(scorer: nn.Module, rows: Rows, cache: Optional[Cache], device=None) -> torch.Tensor:
+    """Margins ``[n]`` of a (mini)batch of rows."""
+    def dev(t):
+        return t.to(device) if device is not None else t
+
+    if cache is not None:
+        return scorer(dev(rows.user_index), chosen_phi=dev(cache.vectors[rows.chosen_index]),
+                      rejected_phi=dev(cache.vectors[rows.rejected_index]))
+    return scorer(dev(rows.user_index),
+                  chosen_tokens={k: dev(v) for k, v in rows.chosen_tokens.items()},
+                  rejected_tokens={k: dev(v) for k, v in rows.rejected_tokens.items()})
+
+
+@dataclass
+class Objective:
+    """How per-row Bradley–Terry losses become the training loss.
+
+    kind: ``bt`` (vanilla, teachers), ``reweight`` (inverse group frequency), ``groupdro``,
+    ``fairness_penalty``, ``pafo`` (BT + λ·D toward the own group's teacher margin).
+    ``group_weight`` multiplies row weights per group (pafo: [w_min, 1, ...]).
+    """
+
+    kind: str = "bt"
+    num_groups: int = 2
+    group_weight: Optional[list] = None
+    groupdro_eta: float = 0.05
+    fairness_alpha: float = 1.0
+    distill_loss: str = "mse"
+    lam: float = 1.0
+    temperature: float = 1.0
+    clip: Optional[float] = None
+    user_shrinkage: float = 0.0
+    state: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._dro = (losses.GroupDRO(self.num_groups, self.groupdro_eta)
+                     if self.kind == "groupdro" else None)
+
+    def prepare(self, train: Rows) -> None:
+        """Fix the per-group weights from the training rows (reweight)."""
+        if self.kind == "reweight" and self.group_weight is None:
+            self.group_weight = losses.inverse_frequency_weights(
+                train.group_index, self.num_groups).tolist()
+
+    def row_weight(self, rows: Rows, device=None) -> torch.Tensor:
+        weight = rows.weight
+        if self.group_weight is not None:
+            table = torch.as_tensor(self.group_weight, dtype=weight.dtype)
+            weight = weight * table[rows.group_index]
+        return weight.to(device) if device is not None else weight
+
+    def __call__(self, margin: torch.Tensor, rows: Rows, model: nn.Module) -> tuple:
+        device = margin.device
+        weight = self.row_weight(rows, device)
+        group = rows.group_index.to(device)
+        if self.kind == "pafo":
+            loss, metrics = losses.pafo_student_loss(
+                margin, rows.teacher_margin.to(device), weight, rows.distill_mask.to(device),
+                lam=self.lam, kind=self.distill_loss, temperature=self.temperature,
+                clip=self.clip)
+        else:
+            per_row = losses.bradley_terry_loss(margin) * weight
+            if self.kind == "groupdro":
+                loss = self._dro(per_row, group)
+            elif self.kind == "fairness_penalty":
+                loss = losses.fairness_penalty_loss(per_row, group, self.num_groups,
+                                                    self.fairness_alpha)
+            else:
+                loss = losses.weighted_mean(losses.bradley_terry_loss(margin), weight)
+            metrics = {}
+        if self.user_shrinkage > 0:
+            loss = loss + self.user_shrinkage * _unwrap(model).head.user_penalty()
+        return loss, metrics
+
+    def state_dict(self) -> dict:
+        return {"q": self._dro.q.tolist()} if self._dro is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._dro is not None and "q" in state:
+            self._dro.q.copy_(torch.as_tensor(state["q"]))
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """PairScorer/DDP -> the RewardModel inside."""
+    while hasattr(module, "module") or isinstance(module, PairScorer):
+        module = module.module if hasattr(module, "module") else module.model
+    return module
+
+
+@torch.no_grad()
+def score_rows(scorer: nn.Module, rows: Rows, cache: Optional[Cache], batch_size: int = 4096,
+               device=None) -> np.ndarray:
+    """Margins ``[n]`` of every row, in eval mode."""
+    was_training = scorer.training
+    scorer.eval()
+    out = [margins_of(scorer, rows.take(torch.arange(i, min(i + batch_size, len(rows)))),
+                      cache, device).cpu()
+           for i in range(0, len(rows), batch_size)]
+    scorer.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def accuracy_by_group(margin: np.ndarray, group_index: np.ndarray, names: list) -> dict:
+    """Validation metrics: accuracy overall and per group (ties count as not correct)."""
+    correct = margin > 0
+    out = {"val_accuracy": float(correct.mean()) if len(correct) else float("nan")}
+    for i, name in enumerate(names):
+        mask = group_index == i
+        out[f"val_{name}_accuracy"] = float(correct[mask].mean()) if mask.any() else float("nan")
+    out["val_margin_mean"] = float(margin.mean()) if len(margin) else 0.0
+    out["val_margin_std"] = float(margin.std()) if len(margin) > 1 else 1.0
+    return out
+
+
+def fit(scorer: nn.Module, train: Rows, val: Rows, objective: Objective, *, epochs: int,
+        batch_size: int, lr: float, weight_decay: float, group_names: list,
+        cache: Optional[Cache] = None, seed: int = 0, device=None, start_epoch: int = 0,
+        optimizer_state: Optional[dict] = None,
+        on_epoch: Optional[Callable[[int, dict, torch.optim.Optimizer], None]] = None) -> dict:
+    """Train ``scorer`` for ``epochs`` (from ``start_epoch``); returns the last epoch's metrics."""
+    if len(train) == 0:
+        raise ValueError("no training rows")
+    objective.prepare(train)
+    params = [p for p in scorer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    metrics: dict = {}
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    for epoch in range(start_epoch, epochs):
+        scorer.train()
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch))
+        total = 0.0
+        for step in range(steps_per_epoch):
+            batch = train.take(order[step * batch_size:(step + 1) * batch_size])
+            margin = margins_of(scorer, batch, cache, device)
+            loss, _ = objective(margin, batch, scorer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        val_margin = score_rows(scorer, val, cache, device=device)
+        metrics = {"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
+                   **accuracy_by_group(val_margin, val.group_index.numpy(), group_names)}
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, optimizer)
+    return metrics

@@ -1,0 +1,55 @@
+"""Conditional distillation targets: each row's margin from its own group's teacher.
+
+The margins stage stores every teacher's margin on every row (``margin_<group>``) and
+each teacher's validation margin mean/std. Here a row's target is picked from the
+teacher of its group, optionally standardised so that a teacher with a wider spread
+does not dominate, and masked by the distillation scope.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataFrame:
+    """Add ``teacher_margin`` [n] and ``distill_mask`` [n] to ``frame``.
+
+    targets: ``margin_norm`` (none | standardize), ``scope`` (all | agree | minority_users),
+    ``stats`` {group: {"mean", "std"}} of each teacher on its validation rows.
+    Standardised target: ``μ_pool + σ_pool · (m − μ_g) / σ_g`` with μ_pool, σ_pool the
+    means of the teachers' μ_g, σ_g, so every teacher speaks on one scale.
+    """
+    missing = [f"margin_{g}" for g in names if f"margin_{g}" not in frame]
+    if missing:
+        raise RuntimeError(f"rows lack teacher margins {missing}: rerun `pafo-ray margins`")
+    group = frame["group"].to_numpy(dtype=object)
+    source = group.copy()
+    if targets["scope"] == "minority_users":
+        source = np.where(frame["user_group"].to_numpy(dtype=object) == names[0], names[0], group)
+    margin = np.full(len(frame), np.nan)
+    for g in names:
+        rows = source == g
+        raw = frame[f"margin_{g}"].to_numpy(np.float64)[rows]
+        if targets["margin_norm"] == "standardize":
+            stats, pooled = targets["stats"], _pooled(targets["stats"])
+            std = max(stats[g]["std"], 1e-6)
+            raw = pooled["mean"] + pooled["std"] * (raw - stats[g]["mean"]) / std
+        margin[rows] = raw
+    bad = ~np.isfinite(margin)
+    if bad.any():
+        raise RuntimeError(f"{int(bad.sum())} rows have NaN/inf teacher margins: refusing to "
+                           "train on them; rerun `pafo-ray margins` (and check the teachers)")
+    if targets["scope"] == "agree":
+        mask = margin > 0
+    elif targets["scope"] == "minority_users":
+        mask = source == names[0]
+    else:
+        mask = np.ones(len(frame), dtype=bool)
+    return frame.assign(teacher_margin=margin.astype(np.float32),
+                        distill_mask=mask.astype(np.float32))
+
+
+def _pooled(stats: dict) -> dict:
+    return {"mean": float(np.mean([s["mean"] for s in stats.values()])),
+            "std": float(np.mean([s["std"] for s in stats.values()]))}
