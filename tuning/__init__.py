@@ -1,0 +1,1 @@
+"""The Ray Tune + Optuna multi-objective search of the student's distillation weights."""
