@@ -1,0 +1,94 @@
+"""Reward heads: r = head(φ(x, y), e_u).
+
+lowrank: K base rewards ``b = W φ`` and ``r = (g + e_u) · b`` with a shared population vector
+``g`` and a per-user offset ``e_u`` that shrinkage pulls towards 0, so sparse and new users fall
+back to the population (``population_term=False`` gives PReF/LoRe's ``r = e_u · b``).
+mlp: ``r = MLP([φ ; e_u])``.
+
+Neither head has an output bias: a constant per user cancels in every margin r(chosen) −
+r(rejected), so it would never receive a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+class RewardHead(nn.Module):
+    """Scores ``phi [B, D]`` for ``user_index [B]`` (−1: unknown user -> mean embedding) -> ``[B]``."""
+
+    def __init__(self, input_dim: int, num_users: int, *,
+                 head: Literal["lowrank", "mlp"] = "lowrank", rank: int = 8,
+                 population_term: bool = True, mlp_hidden: int = 64,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_users < 1:
+            raise ValueError(f"a reward head needs at least one user, got num_users={num_users}")
+        if head not in ("lowrank", "mlp"):
+            raise ValueError(f"model.head must be 'lowrank' or 'mlp', got {head!r}")
+        if input_dim < 1 or rank < 1:
+            raise ValueError(f"input_dim and rank must be >= 1, got {input_dim} and {rank}")
+        self.head = head
+        self.input_dim = input_dim
+        self.num_users = num_users
+        self.rank = rank
+        self.population_term = population_term and head == "lowrank"
+        self.dropout = nn.Dropout(dropout)
+        self.user_embedding = nn.Embedding(num_users, rank)
+        if head == "lowrank":
+            self.base = nn.Linear(input_dim, rank, bias=False)  # W: [K, D]
+            # std 1/sqrt(D): each base reward b_k has about the scale of φ's entries.
+            nn.init.normal_(self.base.weight, std=1.0 / math.sqrt(input_dim))
+            if self.population_term:
+                # g ~ N(0, 1/K): |g| ≈ 1 so r = g·b starts at the scale of b, and a random
+                # (not constant) g keeps the K base rewards from receiving identical updates.
+                self.population = nn.Parameter(torch.randn(rank) / math.sqrt(rank))
+                # Offsets start near 0: every user starts at the population.
+                nn.init.normal_(self.user_embedding.weight, std=0.02)
+            else:
+                self.register_parameter("population", None)
+                # No population to fall back on: |e_u| ≈ 1 so rewards start at the scale of b.
+                nn.init.normal_(self.user_embedding.weight, std=1.0 / math.sqrt(rank))
+        else:
+            self.register_parameter("population", None)
+            self.mlp = nn.Sequential(
+                nn.Linear(input_dim + rank, mlp_hidden), nn.GELU(),
+                nn.Linear(mlp_hidden, 1, bias=False))
+            # Users start near 0 (the shrinkage target); layers Xavier so the output starts O(1).
+            nn.init.normal_(self.user_embedding.weight, std=0.02)
+            nn.init.xavier_normal_(self.mlp[0].weight)
+            nn.init.zeros_(self.mlp[0].bias)
+            nn.init.xavier_normal_(self.mlp[2].weight)
+
+    def user_vectors(self, user_index: torch.Tensor) -> torch.Tensor:
+        """``user_index [B]`` long -> ``e_u [B, K]``; index −1 gets the mean of all user embeddings."""
+        if user_index.dtype != torch.long:
+            raise TypeError(f"user_index must be a LongTensor, got {user_index.dtype}")
+        if user_index.numel() and int(user_index.min()) < -1:
+            raise ValueError("user_index holds values below -1 (only -1 means unknown)")
+        table = self.user_embedding.weight  # [U, K]
+        known = self.user_embedding(user_index.clamp(min=0))  # [B, K]
+        unknown = (user_index < 0).unsqueeze(-1)  # [B, 1]
+        return torch.where(unknown, table.mean(dim=0).expand_as(known), known)
+
+    def forward(self, phi: torch.Tensor, user_index: torch.Tensor) -> torch.Tensor:
+        """``phi [B, D]``, ``user_index [B]`` -> rewards ``[B]``."""
+        if phi.dim() != 2 or phi.shape[1] != self.input_dim:
+            raise ValueError(f"phi must be [batch, {self.input_dim}], got {list(phi.shape)}")
+        if user_index.shape != phi.shape[:1]:
+            raise ValueError(f"user_index must be [{phi.shape[0]}], got {list(user_index.shape)}")
+        phi = self.dropout(phi)
+        users = self.user_vectors(user_index)  # [B, K]
+        if self.head == "mlp":
+            return self.mlp(torch.cat([phi, users], dim=-1)).squeeze(-1)
+        base = self.base(phi)  # b: [B, K]
+        weights = users + self.population if self.population is not None else users
+        return (weights * base).sum(dim=-1)
+
+    def user_penalty(self) -> torch.Tensor:
+        """Mean over users of ``||e_u||²`` (scalar); the trainer multiplies by ``user_shrinkage``."""
+        return self.user_embedding.weight.pow(2).sum(dim=-1).mean()
