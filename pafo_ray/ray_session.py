@@ -33,12 +33,13 @@ def init_ray(cfg: RayConfig) -> None:
         _configure_data(cfg)
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}
     if address:
+        # No runtime_env here: a submitted job's own runtime_env would conflict with it.
         log.info("joining Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+        runtime_env = {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}
         kwargs = dict(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
         if cfg.num_gpus is not None:
             kwargs["num_gpus"] = cfg.num_gpus
