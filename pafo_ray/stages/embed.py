@@ -77,9 +77,8 @@ def run(ctx: StageContext) -> dict:
     cpus = cluster_cpus()
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
     actors = max(1, min(e.num_actors, cpus - 1))
-    ds = ray.data.read_parquet(run_dir.uri("prepare", "data"),
-                               columns=["prompt", "chosen", "rejected", "chosen_text_id",
-                                        "rejected_text_id", "split"])
+    ds = ray.data.read_parquet(run_dir.uri("prepare", "data")).select_columns(
+        ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = (ds.map_batches(_texts, batch_format="pyarrow", batch_size=None)
              .repartition(max(1, min(cpus, 8)), keys=["text_id"])
              .map_batches(_distinct, batch_format="pyarrow", batch_size=None))
@@ -93,10 +92,10 @@ def run(ctx: StageContext) -> dict:
         num_gpus=e.num_gpus_per_actor or None, num_cpus=e.cpus_per_actor)
     cache_uri = run_dir.uri(NAME, "cache")
     embedded.write_parquet(cache_uri)
-    stats = ray.data.read_parquet(cache_uri, columns=["text_id", "truncated"])
+    stats = ray.data.read_parquet(cache_uri).select_columns(["text_id", "truncated"])
     texts_count = stats.count()
     truncated = int(stats.sum("truncated") or 0) if texts_count else 0
-    first = ray.data.read_parquet(cache_uri, columns=["embedding"]).take(1)
+    first = ray.data.read_parquet(cache_uri).select_columns(["embedding"]).take(1)
     dim = int(len(first[0]["embedding"])) if first else 0
     return {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
             "backbone": cfg.model.backbone, "actors": actors, "max_length": cfg.model.max_length}

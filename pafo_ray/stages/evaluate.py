@@ -44,8 +44,8 @@ def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
     from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
 
     cfg = ctx.cfg
-    ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split),
-                               columns=SCORE_COLUMNS + ["support_rate", "user_type"])
+    ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split)).select_columns(
+        SCORE_COLUMNS + ["support_rate", "user_type"])
     for method, uri in models.items():
         ds = score_dataset(ds, uri, cfg.to_dict(), f"margin_{method}",
                            batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
@@ -117,11 +117,14 @@ def _copy_plot(run_dir, local: str) -> None:
 
 
 def _headline(metrics: dict) -> dict:
+    """Per method: accuracy by support group and the majority − minority gap."""
     out = {}
-    for method, m in metrics.get("methods", {}).items():
-        by = m.get("by_group", m.get("accuracy", {}).get("group", {})).get("by_group", {}) \
-            if isinstance(m.get("by_group", None), dict) else {}
-        out[method] = by
+    for method, m in metrics["methods"].items():
+        group = m["by"]["group"]
+        out[method] = {"overall": m["overall"]["value"], "by_group": group["by_group"],
+                       "gap": (group.get("gap") or {}).get("value")}
+        if "user_type" in m["by"]:
+            out[method]["by_user_type"] = m["by"]["user_type"]["by_group"]
     return out
 
 

@@ -65,8 +65,8 @@ def run(ctx: StageContext) -> dict:
             raise RuntimeError(f"teacher '{g}' has no complete checkpoint at "
                                f"{run_dir.uri('teachers', g)}: rerun `pafo-ray teachers --force`")
         stats[g] = _margin_stats(run_dir, g)
-    ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val"),
-                               columns=SCORE_COLUMNS + ["support_rate", "user_type"])
+    ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val")
+                               ).select_columns(SCORE_COLUMNS + ["support_rate", "user_type"])
     users_ref = ray.put(user_groups(run_dir, cfg))
     ds = ds.map_batches(_add_user_group, batch_format="pandas", fn_kwargs={"users_ref": users_ref})
     m = cfg.margins
@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> dict:
                            num_gpus=m.num_gpus_per_actor)
     out = run_dir.uri(NAME, "rows")
     ds.write_parquet(out, partition_cols=["split"])
-    check = ray.data.read_parquet(out, columns=[f"margin_{g}" for g in names] + ["split"])
+    check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names])
     counts = check.map_batches(_finite_counts, batch_format="pandas", batch_size=None).to_pandas()
     bad = int(counts["non_finite"].sum())
     if bad:

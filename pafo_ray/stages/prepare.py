@@ -42,7 +42,10 @@ def _read_validate(batch: pa.Table, *, strict, split_seed, val_fraction, test_fr
     for chunk in batch.to_pylist():
         chunk = {k: v for k, v in chunk.items() if v is not None}
         raw = read_chunk(chunk)
-        raw = normalize_preferences(raw, source=chunk["path"])
+        try:
+            raw = normalize_preferences(raw, source=chunk["path"])
+        except ValueError as exc:  # a format problem: same error type as every other bad input
+            raise DataValidationError(str(exc)) from None
         tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
                                      val_fraction=val_fraction, test_fraction=test_fraction))
     return pa.concat_tables(tables)
@@ -138,12 +141,12 @@ def run(ctx: StageContext) -> dict:
         if prep.group_level == "row":
             ds.map_batches(_label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
                            ).write_parquet(data_uri, partition_cols=["split", "group"])
-            users = _collect_users(ray.data.read_parquet(data_uri, columns=_USER_COLUMNS))
+            users = _collect_users(ray.data.read_parquet(data_uri).select_columns(_USER_COLUMNS))
             users["group"] = None
         else:
             support_uri = run_dir.uri(NAME, "_support")
             ds.write_parquet(support_uri)
-            users = _collect_users(ray.data.read_parquet(support_uri, columns=_USER_COLUMNS))
+            users = _collect_users(ray.data.read_parquet(support_uri).select_columns(_USER_COLUMNS))
             cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
             users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
             ref = ray.put(users[["user_support", "group"]])
@@ -156,8 +159,8 @@ def run(ctx: StageContext) -> dict:
         raise _unwrap(exc) from None
     users_out = users.reset_index()
     run_dir.write_bytes(_parquet_bytes(users_out), NAME, "users.parquet")
-    stats = ray.data.read_parquet(data_uri, columns=["split", "group", "support_rate",
-                                                     "first_of_comparison", "few_raters"])
+    stats = ray.data.read_parquet(data_uri).select_columns(
+        ["split", "group", "support_rate", "first_of_comparison", "few_raters"])
     summary = _summarise(stats.map_batches(_block_stats, batch_format="pyarrow",
                                            batch_size=None).to_pandas(), users, prep, names)
     summary["partitions"] = partitions
@@ -228,11 +231,17 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    seen = exc
-    while seen is not None:
+    """Ray wraps a task's exception (RayTaskError, UserCodeException): find ours inside."""
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, DataValidationError):
-            return DataValidationError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
-        seen = seen.__cause__ or seen.__context__
+            return DataValidationError(str(seen.args[0]) if seen.args else str(seen))
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    marker = "DataValidationError: "
+    for line in str(exc).splitlines():
+        if marker in line:
+            return DataValidationError(line.split(marker, 1)[1].strip())
     return exc
 
 

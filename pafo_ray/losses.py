@@ -1,0 +1,257 @@
+"""Losses of the student, the teachers and the baselines: small pure functions over margins.
+
+A *margin* is ``r(chosen) − r(rejected)``, shape ``[batch]``. Every per-row loss returns
+``[batch]``; the reductions (:func:`weighted_mean`, :class:`GroupDRO`,
+:func:`fairness_penalty_loss`) turn it into a scalar. Nothing here knows about Ray or models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DistillKind = Literal["mse", "kl"]
+
+
+def bradley_terry_loss(margin: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry negative log-likelihood of the label, per row.
+
+    ``BT(m) = −log σ(m) = log(1 + e^{−m})``, computed with ``logsigmoid`` so that it is
+    finite (≈ |m| for m ≪ 0, ≈ 0 for m ≫ 0) and has finite gradients for any |m|.
+
+    Args:
+        margin: ``[batch]`` r(chosen) − r(rejected).
+    Returns:
+        ``[batch]``.
+    """
+    return -F.logsigmoid(margin)
+
+
+def margin_mse(
+    student_margin: torch.Tensor, teacher_margin: torch.Tensor, clip: float | None = None
+) -> torch.Tensor:
+    """Squared difference of (clipped) margins, per row.
+
+    ``D(s, t) = (clip(s) − clip(t))²`` with ``clip(x) = min(max(x, −c), c)``; ``clip=None``
+    leaves margins as they are. Clipping zeroes the gradient wherever ``|s| > c``: a student
+    margin already beyond the range is not pulled back by this term (only by the BT term).
+
+    Args:
+        student_margin, teacher_margin: ``[batch]``.
+        clip: ``c > 0`` or None.
+    Returns:
+        ``[batch]``.
+    """
+    if clip is not None:
+        if clip <= 0:
+            raise ValueError(f"clip must be > 0 or None, got {clip}")
+        student_margin = student_margin.clamp(-clip, clip)
+        teacher_margin = teacher_margin.clamp(-clip, clip)
+    return (student_margin - teacher_margin) ** 2
+
+
+def bernoulli_kl(
+    student_margin: torch.Tensor, teacher_margin: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Temperature-scaled KL between the teacher's and the student's preference Bernoullis.
+
+    With ``p = σ(t/T)`` and ``q = σ(s/T)``:
+    ``D = T² · [p (log p − log q) + (1 − p)(log(1 − p) − log(1 − q))]``,
+    all logs through ``logsigmoid`` (``log(1 − σ(x)) = logsigmoid(−x)``). ``D ≥ 0``, zero iff
+    ``s = t``; ``∂D/∂s = T (q − p)``, so ``T²`` keeps the gradient scale comparable across T
+    (Hinton et al. 2015).
+
+    Args:
+        student_margin, teacher_margin: ``[batch]``.
+        temperature: ``T > 0``.
+    Returns:
+        ``[batch]``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    s = student_margin / temperature
+    t = teacher_margin / temperature
+    log_p, log_not_p = F.logsigmoid(t), F.logsigmoid(-t)
+    log_q, log_not_q = F.logsigmoid(s), F.logsigmoid(-s)
+    p = torch.sigmoid(t)
+    kl = p * (log_p - log_q) + (1 - p) * (log_not_p - log_not_q)
+    return temperature**2 * kl
+
+
+def distill_loss(
+    student_margin: torch.Tensor,
+    teacher_margin: torch.Tensor,
+    kind: DistillKind = "mse",
+    temperature: float = 1.0,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """Distillation distance ``D(s, t)`` per row: :func:`margin_mse` or :func:`bernoulli_kl`.
+
+    Returns ``[batch]``. ``clip`` applies to ``"mse"`` only, ``temperature`` to ``"kl"`` only.
+    """
+    if kind == "mse":
+        return margin_mse(student_margin, teacher_margin, clip)
+    if kind == "kl":
+        return bernoulli_kl(student_margin, teacher_margin, temperature)
+    raise ValueError(f"distillation kind must be 'mse' or 'kl', got {kind!r}")
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``Σ_i w_i v_i / Σ_i w_i`` over ``[batch]`` values and weights; a scalar."""
+    total = weights.sum()
+    if total == 0:
+        raise ValueError(
+            "weighted_mean: the weights sum to 0 — every row of the batch has weight 0; "
+            "check the group weights (e.g. minority_weight) and that the batch is not empty")
+    return (weights * values).sum() / total
+
+
+def pafo_student_loss(
+    student_margin: torch.Tensor,
+    teacher_margin: torch.Tensor,
+    row_weight: torch.Tensor | None,
+    distill_mask: torch.Tensor,
+    lam: float,
+    kind: DistillKind = "mse",
+    temperature: float = 1.0,
+    clip: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PAFO student objective on one batch.
+
+    ``L = Σ_i w_i [BT(s_i) + λ · mask_i · D(s_i, t_i)] / Σ_i w_i``
+    ``  = bt + λ · distill`` with ``bt = Σ w BT / Σ w`` and ``distill = Σ w mask D / Σ w``.
+
+    ``teacher_margin`` may be NaN where ``mask_i = 0`` (rows without a teacher): those
+    entries are replaced by the detached student margin before ``D`` is computed, so neither
+    the loss nor its gradient sees the NaN (``0 · NaN`` would be NaN in both).
+
+    Args:
+        student_margin: ``[batch]``, with grad.
+        teacher_margin: ``[batch]``, NaN allowed where the mask is 0.
+        row_weight: ``[batch]`` group weight ``w_{g(i)}``; None: all 1.
+        distill_mask: ``[batch]`` bool (or 0/1) — rows that receive the distillation term.
+        lam: ``λ ≥ 0``.
+        kind, temperature, clip: see :func:`distill_loss`.
+    Returns:
+        ``(loss, metrics)``: a scalar with grad, and detached floats ``loss``, ``bt``,
+        ``distill``, ``distill_fraction`` (share of rows masked in) and ``accuracy``
+        (share of rows with student margin > 0; ties are not correct).
+    """
+    mask = distill_mask.to(torch.bool)
+    if row_weight is None:
+        row_weight = torch.ones_like(student_margin)
+    # A host sync per step, worth it: a NaN target would silently poison the student.
+    bad_teacher = mask & ~torch.isfinite(teacher_margin)
+    if bad_teacher.any():
+        raise ValueError(
+            f"pafo_student_loss: {int(bad_teacher.sum())} rows have distill_mask set but a "
+            "non-finite teacher_margin; check the margins stage output for these rows")
+    safe_teacher = torch.where(mask, teacher_margin, student_margin.detach())
+    distance = distill_loss(student_margin, safe_teacher, kind, temperature, clip)
+    distance = torch.where(mask, distance, torch.zeros_like(distance))
+    bt = weighted_mean(bradley_terry_loss(student_margin), row_weight)
+    distill = weighted_mean(distance, row_weight)
+    loss = bt + lam * distill
+    metrics = {
+        "loss": loss.item(),
+        "bt": bt.item(),
+        "distill": distill.item(),
+        "distill_fraction": mask.float().mean().item(),
+        "accuracy": (student_margin.detach() > 0).float().mean().item(),
+    }
+    return loss, metrics
+
+
+def inverse_frequency_weights(group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-group weights ``w_g ∝ 1 / n_g``, scaled so that the mean row weight is 1.
+
+    ``w_g = N / (G' · n_g)`` with ``N`` rows and ``G'`` groups that have rows, so
+    ``Σ_g n_g w_g / N = 1``. A group with no rows gets weight 0 (it weighs no row).
+
+    Args:
+        group_index: ``[N]`` long in ``[0, num_groups)``.
+    Returns:
+        ``[num_groups]`` float.
+    """
+    counts = torch.bincount(group_index, minlength=num_groups).to(torch.float64)
+    if counts.numel() > num_groups:
+        raise ValueError(f"group_index holds values >= num_groups={num_groups}")
+    present = counts > 0
+    if not present.any():
+        raise ValueError("inverse_frequency_weights: no rows (group_index is empty)")
+    weights = torch.zeros(num_groups, dtype=torch.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.to(torch.get_default_dtype())
+
+
+def group_mean_losses(
+    per_row_loss: torch.Tensor, group_index: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss per group: ``L_g = Σ_{i∈g} ℓ_i / n_g``.
+
+    Returns ``(L [num_groups], present [num_groups] bool)``; ``L_g = 0`` where ``n_g = 0``.
+    """
+    sums = per_row_loss.new_zeros(num_groups).index_add(0, group_index, per_row_loss)
+    counts = torch.bincount(group_index, minlength=num_groups).to(per_row_loss.dtype)
+    present = counts > 0
+    return sums / counts.clamp(min=1), present
+
+
+class GroupDRO(nn.Module):
+    """Online group DRO (Sagawa et al. 2020, Algorithm 1).
+
+    Holds adversary weights ``q`` (buffer ``[num_groups]``, uniform at start). On each batch,
+    with ``L_g`` the mean loss of group ``g`` over its rows in the batch (groups present only):
+
+    ``q_g ← q_g · exp(η · L_g)`` (detached), ``q ← q / Σ q``, then
+    ``loss = Σ_{g present} q_g L_g / Σ_{g present} q_g``.
+
+    ``q`` moves only in training mode; ``eval()`` freezes it. ``q`` is a buffer, so it is
+    saved and restored with the module's ``state_dict`` (resumed runs keep the adversary).
+    """
+
+    def __init__(self, num_groups: int, step_size: float = 0.01) -> None:
+        super().__init__()
+        if num_groups < 1 or step_size < 0:
+            raise ValueError(f"GroupDRO needs num_groups >= 1 and step_size >= 0, got "
+                             f"{num_groups}, {step_size}")
+        self.num_groups = num_groups
+        self.step_size = step_size
+        self.register_buffer("q", torch.full((num_groups,), 1.0 / num_groups))
+
+    def forward(self, per_row_loss: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+        """``per_row_loss`` ``[batch]``, ``group_index`` ``[batch]`` long → scalar."""
+        group_loss, present = group_mean_losses(per_row_loss, group_index, self.num_groups)
+        if self.training:
+            # In log space: exp(η L) can overflow for large losses; softmax renormalises.
+            step = torch.where(present, self.step_size * group_loss.detach(),
+                               torch.zeros_like(group_loss))
+            log_q = torch.log(self.q.to(group_loss.dtype)) + step
+            self.q.copy_(torch.softmax(log_q, dim=0))
+        q = torch.where(present, self.q.to(group_loss.dtype), torch.zeros_like(group_loss))
+        return (q * group_loss).sum() / q.sum()
+
+    def extra_repr(self) -> str:
+        return f"num_groups={self.num_groups}, step_size={self.step_size}"
+
+
+def fairness_penalty_loss(
+    per_row_loss: torch.Tensor, group_index: torch.Tensor, num_groups: int, alpha: float
+) -> torch.Tensor:
+    """Faro-style loss: the mean loss plus a penalty on the spread of group losses.
+
+    ``loss = mean_i ℓ_i + α · (max_g L_g − min_g L_g)`` over the groups present in the batch
+    (``L_g`` as in :func:`group_mean_losses`); the penalty is 0 when one group is present.
+
+    Args:
+        per_row_loss: ``[batch]``; group_index: ``[batch]`` long; alpha: ``α ≥ 0``.
+    Returns:
+        A scalar.
+    """
+    group_loss, present = group_mean_losses(per_row_loss, group_index, num_groups)
+    present_loss = group_loss[present]
+    penalty = present_loss.max() - present_loss.min()
+    return per_row_loss.mean() + alpha * penalty
