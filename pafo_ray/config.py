@@ -30,7 +30,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class RayConfig:
     address: Optional[str] = _f(None, "Ray address to join ('auto' joins a running cluster). "
                                 "None: join when RAY_ADDRESS is set, else start a local Ray.")
-    num_cpus: Optional[int] = _f(None, "CPUs for a local Ray (None: all cores, at least 4 logical).")
+    num_cpus: Optional[int] = _f(None, "Logical CPUs for a local Ray (None: all cores, at least 8).")
     num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
     object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
     progress_bars: bool = _f(True, "Show Ray Data progress bars.")

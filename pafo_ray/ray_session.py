@@ -38,7 +38,9 @@ def init_ray(cfg: RayConfig) -> None:
         log.info("joining Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+        # At least 8 logical CPUs: vanilla, two teachers and three baselines train at once,
+        # each worker mostly waiting on Ray's fixed costs rather than computing.
+        num_cpus = cfg.num_cpus or max(8, os.cpu_count() or 1)
         runtime_env = {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}
         kwargs = dict(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
         if cfg.num_gpus is not None:

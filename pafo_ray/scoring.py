@@ -15,9 +15,13 @@ SCORE_COLUMNS = ["row_id", "user_id", "prompt", "chosen", "rejected", "chosen_te
 
 
 class MarginScorer:
-    """Adds ``column`` = the model's margin (chosen over rejected) to each batch."""
+    """Adds ``<column>`` = each model's margin (chosen over rejected) to every batch.
 
-    def __init__(self, model_uri: str, pipeline: dict, column: str, device: str = "cpu"):
+    One actor holds every model of the call (``{column: model_uri}``): one pool instead of
+    a chain of pools, which on a small machine would hold more actors than CPUs and hang.
+    """
+
+    def __init__(self, models: dict, pipeline: dict, device: str = "cpu"):
         import tempfile
 
         from pafo_ray.config import config_from_dict
@@ -28,16 +32,15 @@ class MarginScorer:
         from pafo_ray.train.ray_train import _local_model
 
         cfg = config_from_dict(pipeline)
-        self._tmp = tempfile.TemporaryDirectory()
-        local = _local_model(model_uri, self._tmp.name)
-        self.model = RewardModel.from_pretrained(local).to(device).eval()
-        self.scorer = PairScorer(self.model)
+        self.models = {}
+        for column, uri in models.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                model = RewardModel.from_pretrained(_local_model(uri, tmp)).to(device).eval()
+            self.models[column] = (model, PairScorer(model))
         run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
         self.cache = (read_cache(run_dir.uri("embed", "cache"))
                       if cfg.model.mode == "frozen" else None)
-        self.column = column
         self.device = device
-        self.unknown_users = 0
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import torch
@@ -45,32 +48,35 @@ class MarginScorer:
         from pafo_ray.train.arrays import Rows
         from pafo_ray.train.loop import score_rows
 
-        users = self.model.user_index(batch["user_id"].astype(str))
-        self.unknown_users += int((users < 0).sum())
-        rows = Rows(user_index=users, group_index=torch.zeros(len(batch), dtype=torch.long),
-                    weight=torch.ones(len(batch)))
-        if self.cache is not None:
-            rows.chosen_index = self.cache.index_of(batch["chosen_text_id"].to_numpy(np.int64))
-            rows.rejected_index = self.cache.index_of(batch["rejected_text_id"].to_numpy(np.int64))
-        else:
-            enc = self.model.encoder
-            rows.chosen_tokens = enc.tokenize(list(batch["prompt"]), list(batch["chosen"]))
-            rows.rejected_tokens = enc.tokenize(list(batch["prompt"]), list(batch["rejected"]))
-        batch[self.column] = score_rows(self.scorer, rows, self.cache, device=self.device)
-        batch[f"{self.column}_unknown_user"] = (users < 0).numpy()
+        for column, (model, scorer) in self.models.items():
+            users = model.user_index(batch["user_id"].astype(str))
+            rows = Rows(user_index=users, group_index=torch.zeros(len(batch), dtype=torch.long),
+                        weight=torch.ones(len(batch)))
+            if self.cache is not None:
+                rows.chosen_index = self.cache.index_of(batch["chosen_text_id"].to_numpy(np.int64))
+                rows.rejected_index = self.cache.index_of(
+                    batch["rejected_text_id"].to_numpy(np.int64))
+            else:
+                enc = model.encoder
+                rows.chosen_tokens = enc.tokenize(list(batch["prompt"]), list(batch["chosen"]))
+                rows.rejected_tokens = enc.tokenize(list(batch["prompt"]), list(batch["rejected"]))
+            batch[column] = score_rows(scorer, rows, self.cache, device=self.device)
+            batch[f"{column}_unknown_user"] = (users < 0).numpy()
         return batch
 
 
-def score_dataset(ds, model_uri: str, pipeline: dict, column: str, *, batch_size: int,
-                  num_actors: int, num_gpus: float):
+def score_dataset(ds, models: dict, pipeline: dict, *, batch_size: int, num_actors: int,
+                  num_gpus: float):
+    """``ds`` with one margin column per entry of ``models`` ({column: model_uri})."""
     import ray.data
 
     from pafo_ray.ray_session import cluster_cpus
 
+    # Leave a CPU for the read tasks that feed the pool (a full pool starves them: a hang).
     actors = max(1, min(num_actors, cluster_cpus() - 1))
     return ds.map_batches(
         MarginScorer, batch_format="pandas", batch_size=batch_size,
-        fn_constructor_kwargs=dict(model_uri=model_uri, pipeline=pipeline, column=column,
+        fn_constructor_kwargs=dict(models=models, pipeline=pipeline,
                                    device="cuda" if num_gpus > 0 else "cpu"),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus or None)

@@ -88,9 +88,30 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     return summary
 
 
+# Stages that read the same inputs and nothing of each other: run side by side, so their
+# Ray Train fixed costs overlap instead of adding up.
+CONCURRENT = ("teachers", "baselines")
+
+
 def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
     chosen = stages or [s for s in ORDER if is_active(ctx.cfg, s)]
     unknown = [s for s in chosen if s not in ORDER]
     if unknown:
         raise ValueError(f"unknown stage {unknown[0]!r}; stages are {ORDER}")
-    return {name: run_stage(ctx, name, force=ctx.cfg.run.force) for name in chosen}
+    force = ctx.cfg.run.force
+    results: dict = {}
+    for name in chosen:
+        if name in results:
+            continue
+        together = [s for s in CONCURRENT if s in chosen] if name in CONCURRENT else [name]
+        if len(together) == 1:
+            results[name] = run_stage(ctx, name, force=force)
+            continue
+        for s in together:
+            stage_hash(ctx, s)  # fill the hash cache before threads share it
+        with ThreadPoolExecutor(max_workers=len(together)) as pool:
+            futures = {s: pool.submit(run_stage, ctx, s, force=force) for s in together}
+            results.update({s: f.result() for s, f in futures.items()})
+    return results

@@ -46,10 +46,9 @@ def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
     cfg = ctx.cfg
     ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split)).select_columns(
         SCORE_COLUMNS + ["support_rate", "user_type"])
-    for method, uri in models.items():
-        ds = score_dataset(ds, uri, cfg.to_dict(), f"margin_{method}",
-                           batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
-                           num_gpus=cfg.margins.num_gpus_per_actor)
+    ds = score_dataset(ds, {f"margin_{m}": uri for m, uri in models.items()}, cfg.to_dict(),
+                       batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
+                       num_gpus=cfg.margins.num_gpus_per_actor)
     columns = KEEP + [c for m in models for c in (f"margin_{m}", f"margin_{m}_unknown_user")]
     return ds.select_columns(columns).to_pandas()
 

@@ -70,10 +70,9 @@ def run(ctx: StageContext) -> dict:
     users_ref = ray.put(user_groups(run_dir, cfg))
     ds = ds.map_batches(_add_user_group, batch_format="pandas", fn_kwargs={"users_ref": users_ref})
     m = cfg.margins
-    for g in names:
-        ds = score_dataset(ds, run_dir.uri("teachers", g), cfg.to_dict(), f"margin_{g}",
-                           batch_size=m.batch_size, num_actors=m.num_actors,
-                           num_gpus=m.num_gpus_per_actor)
+    ds = score_dataset(ds, {f"margin_{g}": run_dir.uri("teachers", g) for g in names},
+                       cfg.to_dict(), batch_size=m.batch_size, num_actors=m.num_actors,
+                       num_gpus=m.num_gpus_per_actor)
     out = run_dir.uri(NAME, "rows")
     ds.write_parquet(out, partition_cols=["split"])
     check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names])

@@ -79,7 +79,7 @@ def read_cache(uri: str) -> Cache:
     table = table.take(order)
     ids = table.column("text_id").to_numpy()
     flat = pc.list_flatten(table.column("embedding")).to_numpy(zero_copy_only=False)
-    vectors = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32).reshape(len(ids), -1))
+    vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(len(ids), -1))
     return Cache(ids, vectors)
 
 

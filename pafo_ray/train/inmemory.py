@@ -1,0 +1,78 @@
+"""Train a student in the current process on cached embeddings and teacher margins.
+
+The fast path for Tune trials in frozen mode (RAY_NOTES: a TorchTrainer per trial costs
+15–20 s before the first step): each trial is already a Ray actor with its own CPUs or
+GPU share, so it runs the same :func:`pafo_ray.train.loop.fit` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+
+from pafo_ray.config import PipelineConfig
+from pafo_ray.storage import RunDir
+
+
+@dataclass
+class StudentData:
+    """Everything a student needs, loaded once and shared by every trial."""
+
+    train: pd.DataFrame          # margins/rows split=train (teacher margins per row)
+    val: pd.DataFrame            # prepared validation rows
+    users: list                  # sorted user ids (the embedding table's order)
+    teacher_stats: dict          # {group: {"mean", "std"}}
+    cache: Optional[object] = None  # arrays.Cache in frozen mode
+
+
+def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
+    import pyarrow.dataset as pads
+
+    from pafo_ray.storage import _split_uri
+
+    fs, path = _split_uri(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).to_pandas()
+
+
+def load_student_data(cfg: PipelineConfig) -> StudentData:
+    from pafo_ray.train.arrays import read_cache
+    from pafo_ray.train.ray_train import load_users
+
+    run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
+    if cfg.model.mode != "frozen":
+        raise ValueError("in-process students need model.mode=frozen (finetune trains in Ray Train)")
+    train = read_frame(run_dir.uri("margins", "rows", "split=train"))
+    val = read_frame(run_dir.uri("prepare", "data", "split=val"))
+    return StudentData(train=train, val=val, users=load_users(run_dir),
+                       teacher_stats=run_dir.read_json("margins", "teacher_stats.json"),
+                       cache=read_cache(run_dir.uri("embed", "cache")))
+
+
+def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int] = None):
+    """Fit a student with ``cfg.distill``/``cfg.train``; returns (RewardModel, val metrics)."""
+    import torch
+
+    from pafo_ray.models import RewardModel
+    from pafo_ray.train import jobs as J
+    from pafo_ray.train.arrays import build_rows, user_map
+    from pafo_ray.train.loop import Objective, PairScorer, fit
+    from pafo_ray.train.targets import distill_targets
+
+    seed = cfg.run.seed if seed is None else seed
+    torch.manual_seed(seed)
+    names = J.names(cfg)
+    targets = {"margin_norm": cfg.distill.margin_norm, "scope": cfg.distill.scope,
+               "stats": data.teacher_stats}
+    frame = distill_targets(data.train, targets, names)
+    model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
+    umap = user_map(model.user_ids)
+    train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache)
+    val_rows = build_rows(data.val, users=umap, group_names=names, cache=data.cache)
+    scorer = PairScorer(model)
+    metrics = fit(scorer, train_rows, val_rows, Objective(**J.objective_for("pafo", cfg)),
+                  epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                  weight_decay=cfg.train.weight_decay, group_names=names, cache=data.cache,
+                  seed=seed)
+    return model, metrics
