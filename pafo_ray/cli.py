@@ -76,7 +76,7 @@ def main(argv: Optional[list] = None) -> int:
 def _run(cfg, command: str) -> int:
     from pafo_ray.data.sources import DataValidationError
     from pafo_ray.ray_session import init_ray
-    from pafo_ray.stages.base import StageContext, run_pipeline, run_stage
+    from pafo_ray.stages.base import StageContext, apply_upstream, run_pipeline, run_stage
 
     init_ray(cfg.run.ray)
     ctx = StageContext.create(cfg)
@@ -87,6 +87,7 @@ def _run(cfg, command: str) -> int:
             if report:
                 print(f"report: {report}")
         else:
+            apply_upstream(ctx)
             run_stage(ctx, command, force=cfg.run.force)
     except (DataValidationError, RuntimeError, ValueError) as exc:
         print(f"pafo-ray {command}: {exc}", file=sys.stderr)

@@ -145,6 +145,11 @@ class TrainConfig:
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
     max_failures: int = _f(2, "Worker failures tolerated; training resumes from the last checkpoint.")
     checkpoint_every: int = _f(5, "Save a checkpoint every N epochs (and at the end).")
+    select_regularization: bool = _f(True, "Frozen mode: pick weight_decay and "
+                                     "model.user_shrinkage on validation accuracy of vanilla "
+                                     "(stage `regularize`) and use them for every model.")
+    weight_decay_grid: list = _f([1e-4, 1e-2], "Candidates for weight_decay.")
+    user_shrinkage_grid: list = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pafo_ray.storage import RunDir
 log = logging.getLogger("pafo_ray")
 
 # Pipeline order. `embed` runs only in frozen mode; `tune` only when num_samples > 0.
-ORDER = ["input", "prepare", "embed", "teachers", "margins", "baselines", "tune",
+ORDER = ["input", "prepare", "embed", "regularize", "teachers", "margins", "baselines", "tune",
          "distill", "evaluate"]
 
 
@@ -44,7 +44,9 @@ def stage_hash(ctx: StageContext, name: str) -> str:
     if name in ctx.hashes:
         return ctx.hashes[name]
     module = stage_module(name)
-    parts = [ctx.cfg.section_hash(*module.SECTIONS), str(ctx.cfg.run.seed)]
+    own = (module.hash_payload(ctx.cfg) if hasattr(module, "hash_payload")
+           else ctx.cfg.section_hash(*module.SECTIONS))
+    parts = [own, str(ctx.cfg.run.seed)]
     parts += [stage_hash(ctx, dep) for dep in module.DEPENDS if is_active(ctx.cfg, dep)]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     ctx.hashes[name] = digest
@@ -54,6 +56,8 @@ def stage_hash(ctx: StageContext, name: str) -> str:
 def is_active(cfg: PipelineConfig, name: str) -> bool:
     if name == "embed":
         return cfg.model.mode == "frozen"
+    if name == "regularize":
+        return cfg.model.mode == "frozen" and cfg.train.select_regularization
     if name == "tune":
         return cfg.tune.num_samples > 0
     if name == "baselines":
@@ -72,6 +76,7 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     if not force and ctx.run_dir.is_complete(name, digest):
         summary = ctx.run_dir.read_json(name, "summary.json")
         print(f"[{name}] done already ({ctx.run_dir.uri(name)}), skipped", flush=True)
+        _apply_updates(ctx, summary)
         return summary
     for dep in module.DEPENDS:
         if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
@@ -85,7 +90,29 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     ctx.run_dir.mark_complete(name, digest)
     print(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
           f"-> {ctx.run_dir.uri(name)}", flush=True)
+    _apply_updates(ctx, summary)
     return summary
+
+
+def _apply_updates(ctx: StageContext, summary: dict) -> None:
+    """A stage may choose config values for the stages after it (``config_updates``)."""
+    import dataclasses
+
+    for section, values in (summary.get("config_updates") or {}).items():
+        current = getattr(ctx.cfg, section)
+        ctx.cfg = dataclasses.replace(ctx.cfg, **{section: dataclasses.replace(current, **values)})
+
+
+def apply_upstream(ctx: StageContext) -> None:
+    """Before running a single stage: take the updates of finished upstream stages.
+
+    The upstream hash is computed first, from the config as given, as a full run does.
+    """
+    name = "regularize"
+    if is_active(ctx.cfg, name):
+        stage_hash(ctx, name)
+        if is_done(ctx, name):
+            _apply_updates(ctx, ctx.run_dir.read_json(name, "summary.json"))
 
 
 # Stages that read the same inputs and nothing of each other: run side by side, so their

@@ -50,12 +50,17 @@ def run(ctx: StageContext) -> dict:
     if train_overrides:
         ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, **train_overrides)))
-    job = TrainJob("student", J.objective_for("pafo", cfg, distill), margin_uris(run_dir, "train"),
-                   J.rows_uris(run_dir, "val"), [NAME, "student"],
-                   targets=targets_for(ctx, distill))
-    result = run_jobs(ctx, NAME, [job], stage_hash(ctx, NAME))["student"]
-    return {"student": result, "settings": dataclasses.asdict(distill), "train": train_overrides,
-            "origin": origin}
+    jobs = [TrainJob("student", J.objective_for("pafo", cfg, distill), margin_uris(run_dir, "train"),
+                     J.rows_uris(run_dir, "val"), [NAME, "student"],
+                     targets=targets_for(ctx, distill))]
+    if origin != "distill config":
+        # The report compares the tuned student with the default-weights one.
+        jobs.append(TrainJob("student_default", J.objective_for("pafo", cfg, cfg.distill),
+                             margin_uris(run_dir, "train"), J.rows_uris(run_dir, "val"),
+                             [NAME, "student_default"], targets=targets_for(ctx, cfg.distill)))
+    results = run_jobs(ctx, NAME, jobs, stage_hash(ctx, NAME))
+    return {"student": results["student"], "student_default": results.get("student_default"),
+            "settings": dataclasses.asdict(distill), "train": train_overrides, "origin": origin}
 
 
 def describe(summary: dict) -> str:

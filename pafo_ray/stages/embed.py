@@ -16,6 +16,16 @@ from pafo_ray.stages.base import StageContext
 NAME = "embed"
 DEPENDS = ["prepare"]
 SECTIONS = ("model",)
+# Only what changes the vectors: heads and regularisation reuse the same cache.
+EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template")
+
+
+def hash_payload(cfg) -> str:
+    import hashlib
+    import json
+
+    fields = {f: getattr(cfg.model, f) for f in EMBED_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _texts(batch: pa.Table) -> pa.Table:
@@ -45,7 +55,8 @@ class Embedder:
 
         from pafo_ray.models.backbone import TextEncoder
 
-        torch.set_num_threads(1) if device == "cpu" else None
+        if device == "cpu":
+            torch.set_num_threads(1)  # one core per actor; the pool size sets parallelism
         self.encoder = TextEncoder(backbone, pooling=pooling, max_length=max_length,
                                    template=template).to(device).eval()
         self.batch = 0

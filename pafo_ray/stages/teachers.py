@@ -19,7 +19,7 @@ from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
 
 NAME = "teachers"
-DEPENDS = ["prepare", "embed"]
+DEPENDS = ["prepare", "embed", "regularize"]
 SECTIONS = ("model", "train", "teachers")
 
 

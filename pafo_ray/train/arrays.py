@@ -114,9 +114,13 @@ def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
 
 
 def frame_from_shard(shard, columns: Optional[list] = None) -> pd.DataFrame:
-    """Materialise a Ray Data shard (DataIterator) into one pandas frame."""
+    """Materialise a Ray Data shard (DataIterator) into one pandas frame, in ``row_id`` order:
+    Ray Data's blocks arrive in any order, and a rerun with the same seed must see the same rows
+    in the same order."""
     parts = [batch for batch in shard.iter_batches(batch_size=65536, batch_format="pandas")]
     if not parts:
         return pd.DataFrame(columns=columns or ROW_COLUMNS)
     frame = pd.concat(parts, ignore_index=True)
+    if "row_id" in frame:
+        frame = frame.sort_values("row_id", kind="stable", ignore_index=True)
     return frame[columns] if columns else frame

@@ -33,7 +33,8 @@ def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
     from pafo_ray.storage import _split_uri
 
     fs, path = _split_uri(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).to_pandas()
+    return pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table(
+        columns=columns).to_pandas()
 
 
 def load_student_data(cfg: PipelineConfig) -> StudentData:
@@ -76,3 +77,33 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
                   weight_decay=cfg.train.weight_decay, group_names=names, cache=data.cache,
                   seed=seed)
     return model, metrics
+
+
+def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: float) -> dict:
+    """Vanilla (BT on all training rows) in-process; returns its validation metrics."""
+    import dataclasses
+
+    import torch
+
+    from pafo_ray.models import RewardModel
+    from pafo_ray.train import jobs as J
+    from pafo_ray.train.arrays import build_rows, read_cache, user_map
+    from pafo_ray.train.loop import Objective, PairScorer, fit
+    from pafo_ray.train.ray_train import load_users
+
+    run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
+    cache = read_cache(run_dir.uri("embed", "cache"))
+    names = J.names(cfg)
+    torch.manual_seed(cfg.run.seed)
+    model_cfg = dataclasses.replace(cfg.model, user_shrinkage=user_shrinkage)
+    model = RewardModel.from_config(model_cfg, load_users(run_dir),
+                                    input_dim=int(cache.vectors.shape[1]))
+    umap = user_map(model.user_ids)
+    train = build_rows(read_frame(run_dir.uri("prepare", "data", "split=train")), users=umap,
+                       group_names=names, cache=cache)
+    val = build_rows(read_frame(run_dir.uri("prepare", "data", "split=val")), users=umap,
+                     group_names=names, cache=cache)
+    objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})
+    return fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
+               batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,
+               group_names=names, cache=cache, seed=cfg.run.seed)

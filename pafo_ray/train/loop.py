@@ -8,6 +8,7 @@ margins into per-row losses and lets the :class:`Objective` combine them.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -173,6 +174,7 @@ def fit(scorer: nn.Module, train: Rows, val: Rows, objective: Objective, *, epoc
         scorer.train()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch))
         total = 0.0
+        began = time.perf_counter()
         for step in range(steps_per_epoch):
             batch = train.take(order[step * batch_size:(step + 1) * batch_size])
             margin = margins_of(scorer, batch, cache, device)
@@ -181,8 +183,10 @@ def fit(scorer: nn.Module, train: Rows, val: Rows, objective: Objective, *, epoc
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
+        train_seconds = time.perf_counter() - began  # the steps alone (benchmarks: steps/s)
         val_margin = score_rows(scorer, val, cache, device=device)
         metrics = {"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
+                   "train_seconds": train_seconds, "steps": steps_per_epoch,
                    **accuracy_by_group(val_margin, val.group_index.numpy(), group_names)}
         if on_epoch is not None:
             on_epoch(epoch, metrics, optimizer)

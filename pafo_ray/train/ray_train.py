@@ -5,20 +5,35 @@ own ``ScalingConfig``; :func:`run_jobs` fits them concurrently from one driver, 
 ``fit()`` in its own thread (RAY_NOTES: faster than a task per fit). Data reaches the
 workers as Ray Data shards; a restarted worker loads its last checkpoint and continues
 from the next epoch (Ray does not resume the epoch for you).
+
+``train.num_workers=0`` runs each fit in the driver (Ray Train's local mode, for tests). Local
+mode keeps its state in one process-wide slot, so those fits run one at a time.
+
+Test hook: env ``PAFO_RAY_FAIL_AT_EPOCH=<epoch>`` (every job) or ``<job>:<epoch>`` (one job),
+read on the driver, makes rank 0 raise once right after reporting that epoch's checkpoint;
+a marker file next to the Ray run keeps the retry from failing again. It exists so a test
+can prove that a failed worker resumes from its checkpoint (``FailureConfig``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from pafo_ray.stages.base import StageContext
-from pafo_ray.storage import RunDir, download_dir, upload_dir
+from pafo_ray.storage import RunDir, _split_uri, download_dir, upload_dir
+
+FAIL_ENV = "PAFO_RAY_FAIL_AT_EPOCH"
+# Ray Train's local mode (num_workers=0) keeps the running fit in a module global: two fits
+# in threads of one process would read each other's datasets and checkpoints.
+_LOCAL_MODE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -75,6 +90,7 @@ def train_func(config: dict) -> None:
     from pafo_ray.train.loop import Objective, PairScorer, fit
     from pafo_ray.train.targets import distill_targets
 
+    worker_started_at = time.time()
     cfg = config_from_dict(config["pipeline"])
     job = config["job"]
     run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
@@ -85,6 +101,7 @@ def train_func(config: dict) -> None:
     val_frame = frame_from_shard(ray.train.get_dataset_shard("val"))
     if job.get("targets") is not None:
         train_frame = distill_targets(train_frame, job["targets"], names)
+    torch.manual_seed(cfg.run.seed)  # the same init on every worker and every rerun
     model = build_model(cfg, users, cache, job.get("init_from"))
     umap = user_map(model.user_ids)
     train_rows = build_rows(train_frame, users=umap, group_names=names, cache=cache,
@@ -110,11 +127,13 @@ def train_func(config: dict) -> None:
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
         done = epoch + 1
-        metrics = {**metrics, "started_epoch": start_epoch}
+        # Wall-clock times on the worker: when this attempt started and when it reported.
+        metrics = {**metrics, "started_epoch": start_epoch,
+                   "worker_started_at": worker_started_at, "reported_at": time.time()}
         if done % cfg.train.checkpoint_every and done != epochs:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
+        with _checkpoint_dir(job.get("checkpoint_root")) as tmp:
             if rank == 0:
                 model.save_pretrained(os.path.join(tmp, "model"))
                 torch.save({"epoch": done, "optimizer": optimizer.state_dict(),
@@ -124,6 +143,7 @@ def train_func(config: dict) -> None:
                 with open(os.path.join(tmp, "model", "margin_stats.json"), "w") as fh:
                     json.dump(stats, fh)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+                _maybe_fail(job.get("fail_once"), done)
             else:
                 ray.train.report(metrics)
 
@@ -133,7 +153,50 @@ def train_func(config: dict) -> None:
         optimizer_state=optimizer_state, on_epoch=on_epoch)
 
 
+def _checkpoint_dir(root: Optional[str]):
+    """Where a checkpoint is written before ``report``. A real worker uploads it during
+    ``report``, so a temporary folder will do; local mode keeps only the path, so the
+    folder (under ``root``) must live until the driver has copied the final model."""
+    if root:
+        return contextlib.nullcontext(tempfile.mkdtemp(dir=root))
+    return tempfile.TemporaryDirectory()
+
+
+def _maybe_fail(fail_once: Optional[dict], epoch: int) -> None:
+    """The ``PAFO_RAY_FAIL_AT_EPOCH`` test hook: raise once after ``epoch``'s checkpoint."""
+    if not fail_once or fail_once["epoch"] != epoch:
+        return
+    from pyarrow import fs as pafs
+
+    fs, path = _split_uri(fail_once["marker"])
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return  # failed once already: this is the retry
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(str(epoch).encode())
+    raise RuntimeError(f"{FAIL_ENV}: injected worker failure after the checkpoint of epoch {epoch}")
+
+
+def _fail_once(ctx: StageContext, stage: str, job: TrainJob, run_hash: str) -> Optional[dict]:
+    value = os.environ.get(FAIL_ENV, "").strip()
+    if not value:
+        return None
+    name, _, epoch = value.rpartition(":")
+    if name and name != job.name:
+        return None
+    return {"epoch": int(epoch),
+            "marker": ctx.run_dir.uri("_ray", stage, f"{job.name}-{run_hash}.failed_once")}
+
+
 def _fit_one(ctx: StageContext, stage: str, job: TrainJob, run_hash: str) -> dict:
+    if ctx.cfg.train.num_workers > 0:
+        return _fit_ray(ctx, stage, job, run_hash)
+    with _LOCAL_MODE_LOCK, tempfile.TemporaryDirectory() as root:
+        return _fit_ray(ctx, stage, job, run_hash, checkpoint_root=root)
+
+
+def _fit_ray(ctx: StageContext, stage: str, job: TrainJob, run_hash: str,
+             checkpoint_root: Optional[str] = None) -> dict:
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -149,6 +212,8 @@ def _fit_one(ctx: StageContext, stage: str, job: TrainJob, run_hash: str) -> dic
         failure_config=FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2))
     payload = {k: v for k, v in asdict(job).items() if k not in ("train", "val", "output", "info")}
+    payload["checkpoint_root"] = checkpoint_root
+    payload["fail_once"] = _fail_once(ctx, stage, job, run_hash)
     trainer = TorchTrainer(train_func, train_loop_config={"pipeline": ctx.cfg.to_dict(),
                                                           "job": payload},
                            scaling_config=scaling, run_config=run_config, datasets=datasets,

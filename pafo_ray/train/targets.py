@@ -27,23 +27,27 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
     source = group.copy()
     if targets["scope"] == "minority_users":
         source = np.where(frame["user_group"].to_numpy(dtype=object) == names[0], names[0], group)
+    raw = np.full(len(frame), np.nan)
     margin = np.full(len(frame), np.nan)
     for g in names:
         rows = source == g
-        raw = frame[f"margin_{g}"].to_numpy(np.float64)[rows]
+        raw[rows] = frame[f"margin_{g}"].to_numpy(np.float64)[rows]
+        margin[rows] = raw[rows]
         if targets["margin_norm"] == "standardize":
             stats, pooled = targets["stats"], _pooled(targets["stats"])
             std = max(stats[g]["std"], 1e-6)
-            raw = pooled["mean"] + pooled["std"] * (raw - stats[g]["mean"]) / std
-        margin[rows] = raw
+            margin[rows] = pooled["mean"] + pooled["std"] * (raw[rows] - stats[g]["mean"]) / std
     bad = ~np.isfinite(margin)
     if bad.any():
         raise RuntimeError(f"{int(bad.sum())} rows have NaN/inf teacher margins: refusing to "
                            "train on them; rerun `pafo-ray margins` (and check the teachers)")
     if targets["scope"] == "agree":
-        mask = margin > 0
+        # The teacher agrees with the label when its own margin is positive; a standardized
+        # target is shifted by the teacher's mean and would move that boundary.
+        mask = raw > 0
     elif targets["scope"] == "minority_users":
-        mask = source == names[0]
+        # Rows of minority users only (with row-level groups a user's rows span groups).
+        mask = frame["user_group"].to_numpy(dtype=object) == names[0]
     else:
         mask = np.ones(len(frame), dtype=bool)
     return frame.assign(teacher_margin=margin.astype(np.float32),
