@@ -27,7 +27,10 @@ def _split_uri(uri: str):
 
 def join(base: str, *parts: str) -> str:
     if "://" in base:
-        return posixpath.join(base, *parts)
+        # Keep a query (``s3://b/p?endpoint_override=host:port&scheme=http``) at the end.
+        path, sep, query = base.partition("?")
+        joined = posixpath.join(path, *parts)
+        return f"{joined}?{query}" if sep else joined
     return os.path.join(os.path.abspath(base), *parts)
 
 

@@ -1,0 +1,180 @@
+"""What every benchmark suite shares: figures for the summary table, timing, memory, Ray.
+
+A suite calls :func:`record` for each headline figure; ``python -m benchmarks`` collects
+them (through the JSON-lines file named by ``$PAFO_BENCH_FIGURES``) into one table.
+:class:`TreeUsage` samples the summed PSS, and counts the CPU seconds, of a process tree
+(the driver and every Ray process it started: GCS, raylet, workers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import threading
+import time
+from typing import Optional
+
+FIGURES_ENV = "PAFO_BENCH_FIGURES"
+GIB = 1024 ** 3
+
+
+def record(suite: str, figure: str, value: float, baseline: Optional[float] = None,
+           ratio: Optional[float] = None, unit: str = "") -> dict:
+    """One row of the summary table: ``value`` against ``baseline`` (``ratio`` as the suite
+    defines it, stated in ``figure``). Appended to ``$PAFO_BENCH_FIGURES`` when set."""
+    row = {"suite": suite, "figure": figure, "value": value, "baseline": baseline,
+           "ratio": ratio, "unit": unit}
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row
+
+
+def median(values) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def table(headers: list, rows: list) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def quiet_env() -> None:
+    """Environment every suite runs under (CI sets these too)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _psutil():
+    import importlib
+
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:  # Ray ships a copy: importing ray puts it on sys.path
+        importlib.import_module("ray")
+        return importlib.import_module("psutil")
+
+
+def _tree(root_pid: int) -> list:
+    psutil = _psutil()
+    try:
+        root = psutil.Process(root_pid)
+        return [root] + root.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def tree_memory(root_pid: int) -> int:
+    """Summed PSS (RSS where PSS cannot be read) of ``root_pid`` and all its descendants."""
+    psutil, total = _psutil(), 0
+    for proc in _tree(root_pid):
+        try:
+            info = proc.memory_full_info()
+            total += getattr(info, "pss", 0) or info.rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user + system) used so far by the tree, reaped children included."""
+    psutil, total = _psutil(), 0.0
+    for proc in _tree(root_pid):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return total
+
+
+class TreeUsage:
+    """``with TreeUsage() as use: ...`` -> peak and starting PSS sum (bytes) and CPU seconds
+    of this process and every process it started (a local Ray: GCS, raylet, workers).
+
+    CPU seconds hardly move with the machine's load, unlike wall time. Reading PSS walks each
+    process's page tables (~3-5 ms a Ray process here), so the sampler waits ``interval`` or
+    ten times its last sample's cost, whichever is longer: at most a tenth of a core.
+    """
+
+    def __init__(self, root_pid: Optional[int] = None, interval: float = 0.2):
+        self.root_pid = root_pid or os.getpid()
+        self.interval = interval
+        self.start = self.peak = self.samples = 0
+        self.cpu_seconds = math.nan
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> float:
+        began = time.perf_counter()
+        self.peak = max(self.peak, tree_memory(self.root_pid))
+        self.samples += 1
+        return time.perf_counter() - began
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(self.interval, 10 * self._cost)):
+            self._cost = self._sample()
+
+    def __enter__(self) -> "TreeUsage":
+        self._began = time.perf_counter()
+        self._cost = self._sample()
+        self.start = self.peak
+        self._cpu = tree_cpu(self.root_pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cpu_seconds = tree_cpu(self.root_pid) - self._cpu
+        self._sample()
+        self.mean_interval = (time.perf_counter() - self._began) / max(1, self.samples - 1)
+
+
+class Timer:
+    """``with Timer() as t: ...`` -> ``t.seconds``."""
+
+    def __enter__(self) -> "Timer":
+        self.began = time.perf_counter()
+        self.seconds = math.nan
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.began
+
+
+def start_ray(cfg) -> None:
+    """Start (or join) Ray exactly as the CLI does, without progress bars."""
+    quiet_env()
+    cfg.run.ray.progress_bars = False
+    from pafo_ray.ray_session import init_ray
+
+    init_ray(cfg.run.ray)

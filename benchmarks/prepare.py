@@ -1,0 +1,274 @@
+"""How fast is ``prepare`` against plain pyarrow and against Ray Data's own floor?
+
+    python -m benchmarks.prepare [--rows 1000000 5000000] [--repeats N] [--smoke]
+
+For each size, the built-in generator writes the rows once (5 raters per comparison,
+``--rows-per-file`` rows per file) under ``--bench-dir``; then, in one Ray session:
+
+* ``prepare`` as the pipeline runs it (``run_stage``, forced), at ``group_level=row``
+  and ``user`` (config overrides on the command line apply to it); peak memory is the
+  summed PSS of the driver and every Ray process it started, CPU seconds theirs too
+  (:class:`benchmarks.common.TreeUsage`);
+* a single-process pyarrow baseline in a subprocess: read the files, the same comparison
+  keys (:func:`pafo_ray.data.schema.comparison_keys`), ``group_by`` count + sum, join
+  back, write parquet; its peak RSS is its own ``ru_maxrss``, its CPU its own rusage. Its support rates must
+  equal prepare's, row for row (checked at every size);
+* Ray Data's floor: ``read_parquet -> write_parquet`` of the same files, no compute.
+
+Times are medians over ``--repeats`` (default 3 below 5M rows, else 1). CPU seconds are
+printed beside wall seconds: on a shared machine they move far less with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks.common import (
+    GIB,
+    Timer,
+    TreeUsage,
+    fmt,
+    load_average,
+    median,
+    ratio,
+    record,
+    start_ray,
+    table,
+)
+
+SUITE = "prepare"
+RATERS = 5
+PAIRS = 6  # responses_per_prompt=4 -> all 6 pairs
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, nargs="+", default=None,
+                   help="sizes (default 1000000 5000000; smoke 20000)")
+    p.add_argument("--repeats", type=int, default=None, help="default 3 below 5M rows, else 1")
+    p.add_argument("--levels", nargs="+", default=["row", "user"], choices=["row", "user"])
+    p.add_argument("--rows-per-file", type=int, default=250_000)
+    p.add_argument("--users", type=int, default=None, help="simulated users (default rows/100)")
+    p.add_argument("--bench-dir", default="./pafo_runs/bench-prepare")
+    p.add_argument("--smoke", action="store_true", help="tiny size, for CI")
+    p.add_argument("overrides", nargs="*", help="config overrides for prepare, section.key=value")
+    p.add_argument("--pyarrow-baseline", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    return p
+
+
+def generate(rows: int, args) -> str:
+    """Write ~rows generated rows once; reuse them while the generator config is unchanged."""
+    from dataclasses import asdict
+
+    from pafo_ray.config import GeneratorConfig
+    from pafo_ray.data.generate import estimate_rows, write_generated
+
+    users = args.users or max(500, rows // 100)
+    cfg = GeneratorConfig(num_users=users, num_prompts=math.ceil(rows / (PAIRS * RATERS)),
+                          raters_train=RATERS, raters_eval=RATERS,
+                          rows_per_file=args.rows_per_file)
+    folder = os.path.abspath(os.path.join(args.bench_dir, f"data-{rows}"))
+    marker = os.path.join(folder, "_generator.json")
+    wanted = json.dumps(asdict(cfg), sort_keys=True)
+    if not (os.path.exists(marker) and open(marker).read() == wanted):
+        with Timer() as t:
+            write_generated(cfg, folder)
+        with open(marker, "w") as fh:
+            fh.write(wanted)
+        print(f"generated {estimate_rows(cfg):,} rows into {folder} in {t.seconds:.1f} s",
+              flush=True)
+    return folder
+
+
+def pyarrow_baseline(in_dir: str, out_dir: str, prior_a: float, prior_b: float) -> dict:
+    """Support rates with pyarrow in this process; returns seconds per phase and peak RSS."""
+    import resource
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pafo_ray.data.schema import comparison_keys, smoothed_support
+    from pafo_ray.data.sources import ROW_ID_FILE_SHIFT, expand_paths
+
+    began, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    parts = []
+    for index, path in enumerate(expand_paths(in_dir, (".parquet",))):
+        part = pq.read_table(path)
+        rows = np.arange(part.num_rows, dtype=np.int64)
+        parts.append(part.append_column("row_id", pa.array((index << ROW_ID_FILE_SHIFT) + rows)))
+    data = pa.concat_tables(parts)
+    read = time.perf_counter()
+    key, chosen_is_first = comparison_keys(*(data.column(c).to_numpy(zero_copy_only=False)
+                                             for c in ("prompt", "chosen", "rejected")))
+    keyed = time.perf_counter()
+    votes = pa.table({"comparison_key": key, "first": chosen_is_first.astype(np.int64),
+                      "position": np.arange(len(key))})
+    counts = votes.group_by("comparison_key").aggregate([("first", "count"), ("first", "sum")])
+    joined = votes.join(counts, "comparison_key").sort_by("position")  # join reorders rows
+    n_raters = joined.column("first_count").to_numpy()
+    firsts = joined.column("first_sum").to_numpy()
+    n_agree = np.where(chosen_is_first, firsts, n_raters - firsts)
+    data = (data.append_column("comparison_key", pa.array(key))
+            .append_column("n_raters", pa.array(n_raters)).append_column("n_agree", pa.array(n_agree))
+            .append_column("support_rate", pa.array(smoothed_support(n_agree, n_raters,
+                                                                      prior_a, prior_b))))
+    grouped = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    pq.write_table(data, os.path.join(out_dir, "part-0.parquet"))
+    done, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": done - began,
+            "cpu": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime, "read": read - began, "keys": keyed - read,
+            "group_join": grouped - keyed, "write": done - grouped, "rows": data.num_rows,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def run_baseline(in_dir: str, out_dir: str) -> dict:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.prepare", "--pyarrow-baseline",
+                           in_dir, out_dir], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"pyarrow baseline failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_prepare(data_dir: str, level: str, args):
+    from pafo_ray.config import load_config
+    from pafo_ray.stages.base import StageContext, run_stage
+
+    cfg = load_config(None, [f"run.storage_path={os.path.abspath(args.bench_dir)}",
+                             f"run.run_name=runs-{level}", "data.source=parquet",
+                             f"data.path={data_dir}", f"prepare.group_level={level}",
+                             "run.ray.progress_bars=false", *args.overrides])
+    ctx = StageContext.create(cfg)
+    run_stage(ctx, "input", force=True)
+    with TreeUsage() as use, Timer() as t:
+        summary = run_stage(ctx, "prepare", force=True)
+    return ctx, summary, {"seconds": t.seconds, "cpu": use.cpu_seconds, "peak": use.peak,
+                          "idle": use.start, "every": use.mean_interval}
+
+
+def run_floor(data_dir: str, out_dir: str) -> dict:
+    import ray.data
+
+    from pafo_ray.data.sources import expand_paths
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    files = expand_paths(data_dir, (".parquet",))
+    with TreeUsage() as use, Timer() as t:
+        ray.data.read_parquet(files).write_parquet(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"seconds": t.seconds, "cpu": use.cpu_seconds, "peak": use.peak}
+
+
+def check_same_support(ctx, baseline_dir: str) -> float:
+    """Prepare's support rate of every row equals the baseline's (matched by row_id)."""
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    ours = pads.dataset(ctx.run_dir.uri("prepare", "data"), format="parquet",
+                        partitioning="hive").to_table(columns=["row_id", "support_rate", "split"])
+    theirs = pads.dataset(baseline_dir, format="parquet").to_table(
+        columns=["row_id", "support_rate"])
+    assert ours.num_rows == theirs.num_rows, (ours.num_rows, theirs.num_rows)
+    assert "set_aside" not in set(ours.column("split").unique().to_pylist()), "rows set aside"
+    ours, theirs = ours.sort_by("row_id"), theirs.sort_by("row_id")
+    assert ours.column("row_id").equals(theirs.column("row_id"))
+    a, b = ours.column("support_rate").to_numpy(), theirs.column("support_rate").to_numpy()
+    diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
+    assert diff <= 1e-12, f"support rates differ from the pyarrow baseline by {diff}"
+    return diff
+
+
+def _row(n: int, what: str, runs: list, base: dict, floor: dict, memory: str) -> list:
+    t, cpu = median([r["seconds"] for r in runs]), median([r["cpu"] for r in runs])
+    return [f"{n:,}", what, fmt(t), fmt(n / t), fmt(ratio(base["seconds"], t)),
+            fmt(ratio(t, floor["seconds"])), fmt(cpu), fmt(ratio(cpu, floor["cpu"])), memory]
+
+
+def bench_size(rows: int, repeats: int, args) -> list:
+    import ray
+
+    data_dir = generate(rows, args)
+    out = os.path.abspath(os.path.join(args.bench_dir, "out"))
+    runs: dict = {"floor": [], "pyarrow": [], **{level: [] for level in args.levels}}
+    checked = None
+    for repeat in range(repeats):
+        runs["floor"].append(run_floor(data_dir, os.path.join(out, "floor")))
+        for level in args.levels:
+            ctx, summary, figures = run_prepare(data_dir, level, args)
+            runs[level].append(figures)
+        runs["pyarrow"].append(run_baseline(data_dir, os.path.join(out, "pyarrow")))
+        if repeat == 0:
+            checked = check_same_support(ctx, os.path.join(out, "pyarrow"))
+        print(f"  {rows:,} rows, repeat {repeat + 1}/{repeats}: " + ", ".join(
+            f"{k} {v[-1]['seconds']:.1f} s ({v[-1]['cpu']:.1f} CPU s)" for k, v in runs.items())
+            + f"; {load_average()}", flush=True)
+    n = summary["rows"]
+    base = {k: median([b[k] for b in runs["pyarrow"]]) for k in ("seconds", "cpu")}
+    floor = {k: median([f[k] for f in runs["floor"]]) for k in ("seconds", "cpu")}
+    rss = max(b["peak_rss"] for b in runs["pyarrow"])
+    floor_peak = max(f["peak"] for f in runs["floor"])
+    result = [_row(n, "pyarrow baseline (1 process)", runs["pyarrow"], base, floor,
+                   f"{rss / GIB:.2f} (RSS)"),
+              _row(n, "Ray Data read→write floor", runs["floor"], base, floor,
+                   f"{floor_peak / GIB:.2f} (PSS)")]
+    for level in args.levels:
+        t = median([r["seconds"] for r in runs[level]])
+        peak = max(r["peak"] for r in runs[level])
+        result.append(_row(n, f"prepare (group_level={level})", runs[level], base, floor,
+                           f"{peak / GIB:.2f} (PSS)"))
+        record(SUITE, f"{n:,} rows prepare({level}) s [ratio = pyarrow s / prepare s]", t,
+               base["seconds"], ratio(base["seconds"], t), "s")
+        record(SUITE, f"{n:,} rows prepare({level}) s vs Ray Data floor [prepare/floor]", t,
+               floor["seconds"], ratio(t, floor["seconds"]), "s")
+        record(SUITE, f"{n:,} rows prepare({level}) peak PSS GiB vs pyarrow peak RSS",
+               peak / GIB, rss / GIB, ratio(peak, rss), "GiB")
+    phases = {k: median([b[k] for b in runs["pyarrow"]]) for k in
+              ("read", "keys", "group_join", "write")}
+    idle = median([r["idle"] for level in args.levels for r in runs[level]])
+    every = median([r["every"] for level in args.levels for r in runs[level]])
+    print("  pyarrow phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+          + f"; support rates equal prepare's (max diff {checked}); Ray PSS before prepare "
+          f"{idle / GIB:.2f} GiB (sampled every {every:.2f} s); {len(ray.nodes())} node(s), "
+          f"{int(ray.cluster_resources().get('CPU', 0))} logical CPUs", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.pyarrow_baseline:
+        from pafo_ray.config import PrepareConfig
+
+        prep = PrepareConfig()
+        print(json.dumps(pyarrow_baseline(*args.pyarrow_baseline, prep.prior_a, prep.prior_b)))
+        return 0
+    sizes = args.rows or ([20_000] if args.smoke else [1_000_000, 5_000_000])
+    if args.smoke:
+        args.bench_dir = args.bench_dir.rstrip("/") + "-smoke"
+    from pafo_ray.config import load_config
+
+    start_ray(load_config(None, []))
+    print(f"prepare benchmark: sizes {sizes}; {load_average()}", flush=True)
+    rows = []
+    for size in sizes:
+        repeats = args.repeats or (1 if args.smoke or size >= 5_000_000 else 3)
+        rows += bench_size(size, repeats, args)
+    print()
+    print(table(["rows", "what", "median s", "rows/s", "pyarrow s ÷ this s", "this s ÷ floor s",
+                 "CPU s", "CPU ÷ floor CPU", "peak memory GiB"], rows))
+    print(f"\n{load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

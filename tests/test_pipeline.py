@@ -1,0 +1,137 @@
+"""The whole pipeline on tiny data, once: every stage's output, the report with every method,
+and a second run that finds every stage complete and redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import small_overrides
+
+from pafo_ray.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+METHODS = {"vanilla", "reweight", "groupdro", "fairness_penalty", "pafo"}
+PLOTS = ("bias_curve.png", "per_user_accuracy.png", "minority_vs_majority.png")
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_session, tmp_path_factory):
+    from pafo_ray.stages.base import ORDER, StageContext, is_active, run_pipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # in-process trainers on 2 shared cores (see test_teachers)
+    tmp = tmp_path_factory.mktemp("pipeline")
+    overrides = small_overrides(tmp, **{"train.epochs": 4, "train.checkpoint_every": 2})
+    cfg = load_config(None, overrides)
+    assert cfg.tune.num_samples == 0
+    ctx = StageContext.create(cfg)
+    results = run_pipeline(ctx)
+    yield {"ctx": ctx, "results": results, "overrides": overrides,
+           "stages": [s for s in ORDER if is_active(cfg, s)]}
+    torch.set_num_threads(before)
+
+
+def test_every_active_stage_ran_and_is_marked_complete(pipeline):
+    ctx, results, stages = pipeline["ctx"], pipeline["results"], pipeline["stages"]
+    assert "tune" not in stages and {"input", "prepare", "embed", "teachers", "margins",
+                                     "baselines", "distill", "evaluate"} <= set(stages)
+    assert list(results) == stages
+    for stage in stages:
+        marker = ctx.run_dir.marker(stage)
+        assert marker is not None, stage
+        assert ctx.run_dir.read_json(stage, "summary.json")["seconds"] >= 0
+    assert not ctx.run_dir.exists("tune")
+
+
+def test_report_has_every_method(pipeline):
+    ctx = pipeline["ctx"]
+    run_dir = ctx.run_dir
+    summary = pipeline["results"]["evaluate"]
+    assert set(summary["methods"]) == METHODS
+    test_rows = run_dir.read_json("prepare", "summary.json")["groups"]["test"]
+    assert summary["rows"] == sum(test_rows.values()) > 0
+
+    metrics = json.loads(run_dir.read_bytes("evaluate", "metrics.json"))
+    assert set(metrics["methods"]) == METHODS
+    for name, m in metrics["methods"].items():
+        assert 0.0 <= m["overall"]["value"] <= 1.0, name
+        by_group = m["by"]["group"]["by_group"]
+        assert {"minority", "majority"} <= set(by_group), (name, by_group)
+        assert "user_type" in m["by"], name  # the generator's ground truth is reported
+    # Every method is compared with vanilla on the same rows.
+    assert set(metrics["differences"]) == METHODS - {"vanilla"}
+    assert metrics["methods"]["vanilla"]["overall"]["value"] > 0.55
+
+    report = run_dir.read_bytes("evaluate", "report.md").decode()
+    assert report.startswith("# pafo_ray report: t")
+    for name in METHODS:
+        assert re.search(rf"\b{name}\b", report), name
+    for plot in PLOTS:
+        assert run_dir.read_bytes("evaluate", plot)[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert f"({plot})" in report
+    assert "pafo student weights from distill config" in report
+
+
+def test_student_and_teachers_are_saved(pipeline):
+    from pafo_ray.models import RewardModel
+
+    run_dir = pipeline["ctx"].run_dir
+    for parts in (("teachers", "vanilla"), ("teachers", "minority"), ("teachers", "majority"),
+                  ("baselines", "reweight"), ("baselines", "groupdro"),
+                  ("baselines", "fairness_penalty"), ("distill", "student")):
+        model = RewardModel.from_pretrained(run_dir.uri(*parts))
+        assert model.user_ids, parts
+    distill = pipeline["results"]["distill"]
+    assert distill["student"]["metrics"]["epoch"] == pipeline["ctx"].cfg.train.epochs
+
+
+def test_second_run_skips_every_stage(pipeline, capsys):
+    from pafo_ray.stages.base import StageContext, run_pipeline
+
+    ctx, stages = pipeline["ctx"], pipeline["stages"]
+    markers = {s: ctx.run_dir.marker(s) for s in stages}
+    report = ctx.run_dir.read_bytes("evaluate", "report.md")
+    capsys.readouterr()
+    again = run_pipeline(StageContext.create(load_config(None, pipeline["overrides"])))
+    out = capsys.readouterr().out
+    for stage in stages:
+        assert f"[{stage}] done already" in out, stage
+        assert ctx.run_dir.marker(stage) == markers[stage], stage
+    first = pipeline["results"]["evaluate"]
+    assert {k: again["evaluate"][k] for k in ("methods", "rows", "report", "files")} == \
+        {k: first[k] for k in ("methods", "rows", "report", "files")}
+    assert ctx.run_dir.read_bytes("evaluate", "report.md") == report
+
+
+def test_cli_stage_command_on_a_finished_run_skips(pipeline, capsys):
+    from pafo_ray.cli import main
+
+    ctx = pipeline["ctx"]
+    marker = ctx.run_dir.marker("distill")
+    capsys.readouterr()
+    assert main(["distill", *pipeline["overrides"]]) == 0
+    assert "[distill] done already" in capsys.readouterr().out
+    assert ctx.run_dir.marker("distill") == marker
+
+
+def test_changing_a_setting_reruns_only_what_depends_on_it(pipeline, capsys):
+    """A new evaluate setting reruns evaluate only; everything upstream is reused."""
+    from pafo_ray.stages.base import StageContext, run_pipeline
+
+    ctx, stages = pipeline["ctx"], pipeline["stages"]
+    markers = {s: ctx.run_dir.marker(s) for s in stages}
+    overrides = pipeline["overrides"] + ["evaluate.support_buckets=3"]
+    capsys.readouterr()
+    results = run_pipeline(StageContext.create(load_config(None, overrides)))
+    out = capsys.readouterr().out
+    for stage in stages[:-1]:
+        assert f"[{stage}] done already" in out and ctx.run_dir.marker(stage) == markers[stage]
+    assert "[evaluate] done already" not in out
+    assert ctx.run_dir.marker("evaluate")["config_hash"] != markers["evaluate"]["config_hash"]
+    metrics = json.loads(ctx.run_dir.read_bytes("evaluate", "metrics.json"))
+    assert len(metrics["methods"]["pafo"]["bias_curve"]) == 3
+    assert set(results["evaluate"]["methods"]) == METHODS

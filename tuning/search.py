@@ -1,0 +1,219 @@
+"""The multi-objective Ray Tune + Optuna search over the student's distillation weights.
+
+Each trial trains one student in-process on the cached embeddings (frozen mode: seconds
+per trial, see RAY_NOTES "Ray Tune with Train V2") and reports both objectives of
+:data:`tuning.pareto.OBJECTIVES` once, at the end. ``OptunaSearch`` holds metric and mode
+(the Tuner does not); there is no scheduler, since nothing may be pruned in a
+multi-objective search. The experiment lives at ``<storage_path>/<name>``: when a
+restorable experiment is already there (a killed run), it is restored rather than started
+over, and the finished trials are not trained again.
+
+Independent of the stage contract: :mod:`pafo_ray.stages.tune` and ``benchmarks/tune.py``
+both call :func:`run_search`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import pandas as pd
+
+from pafo_ray.config import PipelineConfig
+from tuning.pareto import OBJECTIVES
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("nsga2", "tpe", "random")
+PARAM_PREFIX = "param_"
+# Reported beside the objectives, so the table shows how each student did overall.
+EXTRA_METRICS = ("val_accuracy", "epoch", "train_loss")
+
+
+def make_sampler(name: str, seed: int, budget: Optional[int] = None):
+    """The seeded Optuna sampler called ``name`` (one of :data:`SAMPLERS`).
+
+    ``budget`` (the number of trials) sizes the random start: Optuna's defaults (TPE: 10
+    random startup trials; NSGA-II: a first generation of 50) would make a search of a few
+    dozen trials plain random search, trial for trial, under the same seed. With a budget,
+    TPE starts from ``budget // 4`` random trials (3 to 10) and NSGA-II breeds generations
+    of ``budget // 4`` (4 to 50).
+    """
+    import optuna
+
+    quarter = None if budget is None else budget // 4
+    if name == "nsga2":
+        size = 50 if quarter is None else min(50, max(4, quarter))
+        return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
+    if name == "tpe":
+        # TPESampler handles several objectives; multivariate models the joint density of
+        # the parameters (λ and the minority weight interact).
+        startup = 10 if quarter is None else min(10, max(3, quarter))
+        return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}")
+
+
+def make_searcher(sampler: str, seed: int, budget: Optional[int] = None):
+    """Multi-objective ``OptunaSearch`` maximising both :data:`OBJECTIVES`.
+
+    Metric and mode live here only (not on the Tuner); the space comes from the Tuner's
+    ``param_space`` through ``set_search_properties``.
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES),
+                        sampler=make_sampler(sampler, seed, budget))
+
+
+def _finite_or_nan(value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None) -> None:
+    """One Tune trial: a student trained with the sampled ``params``; reports once.
+
+    ``data`` (a :class:`~pafo_ray.train.inmemory.StudentData`) and ``cfg`` arrive through
+    ``tune.with_parameters`` (the object store), not in the trial's config. Both objectives
+    are always reported (a result without them stops Tune), as NaN when undefined (no
+    validation rows of a group, a diverged model): Optuna refuses NaN values, OptunaSearch
+    logs a warning and leaves that Optuna trial unfinished, so the sampler learns nothing
+    from it and the search goes on; the table shows NaN and the front leaves it out.
+    """
+    from ray import tune
+
+    from pafo_ray.train.inmemory import train_student
+    from tuning.space import apply_params
+
+    _, metrics = train_student(data, apply_params(cfg, params))
+    report = {name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS}
+    tune.report({**report, "params": dict(params)})
+
+
+@dataclass
+class SearchOutcome:
+    """What :func:`run_search` hands back."""
+
+    trials: pd.DataFrame   # one row per trial: trial_id, status, objectives, param_<key>...
+    resumed: bool          # True when an existing experiment was restored
+    path: str              # the Tune experiment folder
+    sampler: str
+    seconds: float
+
+    @property
+    def errors(self) -> int:
+        return int((self.trials["status"] == "ERROR").sum()) if len(self.trials) else 0
+
+
+def params_of(record: dict) -> dict:
+    """The trial's params from a table row (``param_lam`` -> ``lam``).
+
+    Every trial has every key of the space; a NaN can only be a ``None`` the table turned
+    into a float (``clip: null`` fixed in the space), so it comes back as ``None``.
+    """
+    return {key[len(PARAM_PREFIX):]: None if _is_nan(value) else value
+            for key, value in record.items() if key.startswith(PARAM_PREFIX)}
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def trial_dirname(trial) -> str:
+    """``trial_<number>_<trial_id>``: short, and in the order the searcher created trials.
+
+    The number is the counter that starts the trial's experiment tag (``"3_lam=..."``).
+    """
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(number):04d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+
+
+def _number_and_id(result) -> tuple:
+    name = str(result.path).rstrip("/").rsplit("/", 1)[-1].split("_")
+    if len(name) == 3 and name[1].isdigit():
+        return int(name[1]), name[2]
+    return math.nan, str((result.metrics or {}).get("trial_id", name[-1]))
+
+
+def trials_table(result_grid) -> pd.DataFrame:
+    """Every trial of a ``ResultGrid`` as a row, in the order the searcher created them."""
+    rows = []
+    for result in result_grid:
+        metrics = result.metrics or {}
+        number, trial_id = _number_and_id(result)
+        row = {"trial_number": number, "trial_id": trial_id,
+               "status": "ERROR" if result.error is not None else "TERMINATED"}
+        row.update({name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS})
+        row["seconds"] = _finite_or_nan(metrics.get("time_total_s"))
+        row["error"] = "" if result.error is None else f"{type(result.error).__name__}: {result.error}"[:500]
+        row.update({f"{PARAM_PREFIX}{key}": value for key, value in (result.config or {}).items()})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["trial_number", "trial_id", "status", *OBJECTIVES,
+                                     *EXTRA_METRICS, "seconds", "error"])
+    return pd.DataFrame(rows).sort_values(["trial_number", "trial_id"]).reset_index(drop=True)
+
+
+def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
+               sampler: Optional[str] = None, num_samples: Optional[int] = None,
+               seed: Optional[int] = None, trainable: Callable = train_trial,
+               verbose: int = 0) -> SearchOutcome:
+    """Search ``cfg.tune.space`` for students that are good for both groups.
+
+    cfg: the pipeline config; trials apply their params to it (``apply_params``).
+    data: the :class:`~pafo_ray.train.inmemory.StudentData` every trial trains on, loaded
+      once by the caller and shared through the object store.
+    storage_path, name: the experiment is ``<storage_path>/<name>`` (local or a URI);
+      restored when ``Tuner.can_restore`` finds one there (``resumed=True``).
+    sampler, num_samples, seed: default ``cfg.tune.sampler``, ``cfg.tune.num_samples``,
+      ``cfg.run.seed`` (the benchmark varies them over the same data).
+    trainable: the trial function ``(params, data=, cfg=)``; default :func:`train_trial`.
+
+    A restored experiment keeps the budget it was started with (Tune cannot add samples to
+    it): a different ``num_samples`` needs a different ``name``.
+    """
+    from ray import tune
+
+    from pafo_ray.storage import join
+    from tuning.space import load_space
+
+    if cfg.prepare.num_groups != 2:
+        raise ValueError("the tune stage's two objectives (majority, minority accuracy) need "
+                         f"prepare.num_groups=2, got {cfg.prepare.num_groups}")
+    sampler = sampler or cfg.tune.sampler
+    num_samples = cfg.tune.num_samples if num_samples is None else num_samples
+    seed = cfg.run.seed if seed is None else seed
+    if num_samples < 1:
+        raise ValueError(f"tune.num_samples must be ≥ 1 to search, got {num_samples}")
+    resources = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg), resources)
+    path = join(storage_path, name)
+    began = time.time()
+
+    resumed = bool(tune.Tuner.can_restore(path))
+    if resumed:
+        log.info("restoring the Tune experiment at %s", path)
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+    else:
+        tune_config = tune.TuneConfig(
+            search_alg=make_searcher(sampler, seed, num_samples), num_samples=num_samples,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True,
+            trial_dirname_creator=trial_dirname)
+        run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
+                                    failure_config=tune.FailureConfig(max_failures=0))
+        tuner = tune.Tuner(fn, param_space=load_space(cfg.tune.space), tune_config=tune_config,
+                           run_config=run_config)
+    table = trials_table(tuner.fit())
+    if resumed and len(table) != num_samples:
+        log.warning("the restored experiment at %s has %d trials, not the %d asked for; use "
+                    "another name to search with a new budget", path, len(table), num_samples)
+    return SearchOutcome(trials=table, resumed=resumed, path=path, sampler=sampler,
+                         seconds=round(time.time() - began, 2))
