@@ -134,10 +134,10 @@ class TreeUsage:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> float:
-        began = time.perf_counter()
+        began = time.thread_time()  # CPU, not wall: a loaded machine must not thin the samples
         self.peak = max(self.peak, tree_memory(self.root_pid))
         self.samples += 1
-        return time.perf_counter() - began
+        return time.thread_time() - began
 
     def _run(self) -> None:
         while not self._stop.wait(max(self.interval, 10 * self._cost)):

@@ -118,14 +118,11 @@ def run(ctx: StageContext) -> dict:
     _write_table(ctx, front, "front.csv")
     plot = _plot(ctx, trials, front, selection.chosen, points, selection.threshold)
 
-    def record(row):
-        return trial_record(row) if row is not None else None
-
     return {
         "trials": [trial_record(r) for r in trials.to_dict("records")],
         "front": [trial_record(r) for r in selection.front],
-        "chosen": record(selection.chosen),
-        "closest": record(selection.closest),
+        "chosen": trial_record(selection.chosen) if selection.chosen else None,
+        "closest": trial_record(selection.closest) if selection.closest else None,
         "rule": selection.rule,
         "met_constraint": selection.met_constraint,
         "message": selection.message,
