@@ -119,12 +119,17 @@ def run_suite(name: str, args, figures: str) -> dict:
 
         timer = threading.Timer(timeout, _stop, args=(proc,))
         timer.start()
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        lines += bool(line.strip())
-    code = proc.wait()
-    if timer is not None:
-        timer.cancel()
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines += bool(line.strip())
+        code = proc.wait()
+    except BaseException:  # interrupted or terminated: take the suite (and its Ray) down too
+        _stop(proc)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
     seconds = time.perf_counter() - began
     timed_out = timeout is not None and seconds >= timeout
     ok = code == 0 and lines > 0
@@ -162,6 +167,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     quiet_env()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a suite running is stopped
     suites = args.suites or list(SUITES)
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl", prefix="pafo-bench-") as fh:
         statuses = [run_suite(name, args, fh.name) for name in suites]
