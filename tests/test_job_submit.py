@@ -10,6 +10,7 @@ Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from conftest import REPO, small_overrides
@@ -119,13 +121,20 @@ class Cluster:
         _kill([p for p in survivors if _alive(p)], signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+@contextlib.contextmanager
+def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4):
+    """A `ray start --head --block` cluster on loopback, stopped (only it) on exit.
+
+    Every port is given explicitly (free ones): two heads on one machine must not collide,
+    and a raylet told its agents' ports does not wait on their port files (on a busy
+    machine that wait, hard-coded in Ray 2.60, crashes the raylet: ray#65983).
+    ``extra_env`` reaches every Ray process of the cluster (raylet, workers, job drivers).
+    """
     from ray.job_submission import JobSubmissionClient
 
     # Short temp dir: Ray's unix socket paths under it must stay below 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="pafo-ray-", dir="/tmp")
-    log_path = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
+    log_path = log_dir / "ray_start.log"
     (gcs, dashboard, client, agent_http, agent_grpc, env_agent, metrics, node_manager,
      object_manager) = _free_ports(9)
     env = dict(os.environ)
@@ -135,10 +144,11 @@ def ray_cluster(tmp_path_factory):
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     })
     env.pop("RAY_ADDRESS", None)
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-           "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
+           "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
            f"--dashboard-agent-listen-port={agent_http}",
@@ -168,10 +178,18 @@ def ray_cluster(tmp_path_factory):
                             f"{START_TIMEOUT_S} s ({last}):\n{cluster.log_tail()}")
             time.sleep(2)
         cluster.client = client
+        with open(os.path.join(temp_dir, "ray_current_cluster")) as fh:
+            cluster.gcs_address = fh.read().strip()  # what a driver passes as RAY_ADDRESS
         yield cluster
     finally:
         cluster.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    with head_node(tmp_path_factory.mktemp("ray_head")) as cluster:
+        yield cluster
 
 
 def _submit(cluster, overrides: list, tmp_path) -> str:

@@ -4,8 +4,8 @@ Two ways to point pyarrow (and so RunDir, Ray Data and Ray Train, which all go t
 ``pyarrow.fs.FileSystem.from_uri``) at an S3-compatible endpoint:
 
 * the environment: ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) plus credentials, as
-  pods get them; every Ray process must have it, so the stage tests run ``pafo-ray`` in a
-  subprocess whose local Ray inherits that environment;
+  pods get them; every Ray process must have it, so the stage tests start a head node
+  with that environment and run ``pafo-ray`` as a driver that joins it;
 * the URI itself: ``s3://bucket/prefix?endpoint_override=127.0.0.1:PORT&scheme=http``,
   which RunDir keeps at the end of every path it joins.
 """
@@ -161,8 +161,8 @@ def test_rundir_on_s3(s3, monkeypatch, tmp_path, form):
 
 
 # (b) and (c): the stages on S3, through the CLI ------------------------------------------
-# One `pafo-ray run` of input, prepare, embed and teachers (one local Ray start, which
-# inherits the S3 environment) serves both tests; the rerun check runs in this process.
+# One `pafo-ray run` of input, prepare, embed and teachers, a driver joining a head node
+# started with the S3 environment, serves both tests; the rerun check runs in this process.
 
 PREFIX = "pipeline"
 STAGES = ["input", "prepare", "embed", "teachers"]
@@ -172,7 +172,6 @@ def _overrides(tmp_path) -> list:
     return small_overrides(tmp_path, **{
         "run.storage_path": f"s3://{BUCKET}/{PREFIX}", "run.run_name": "t",
         "run.stages": "[" + ",".join(STAGES) + "]",
-        "run.ray.num_cpus": 4, "run.ray.object_store_memory_mb": 256,
         "prepare.num_partitions": 2,
         # Real Ray Train workers (not in-process) checkpoint to S3 every epoch.
         "train.epochs": 2, "train.checkpoint_every": 1, "train.num_workers": 1,
@@ -185,23 +184,27 @@ def _explain(proc) -> str:
 
 @pytest.fixture(scope="module")
 def pipeline_on_s3(s3, tmp_path_factory):
+    from test_job_submit import head_node
+
     cwd = tmp_path_factory.mktemp("s3_pipeline")
     args = _overrides(cwd)
-    env = {**os.environ, **s3.env, "RAY_AUTH_MODE": "disabled",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1",
-           # a busy machine can take longer than Ray's default 30 s to start a raylet
-           "RAY_raylet_start_wait_time_s": "120"}
-    env.pop("RAY_ADDRESS", None)  # start a local Ray that inherits the S3 environment
-    env.pop("AWS_ENDPOINT_URL", None)
-    cmd = [str(Path(sys.executable).parent / "pafo-ray"), "run", *args]
-    began = time.time()
-    try:
-        proc = subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True,
-                              timeout=CLI_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
-        pytest.fail(f"pafo-ray run timed out after {CLI_TIMEOUT_S} s:\n{(out or '')[-6000:]}")
-    print(f"\npafo-ray run {','.join(STAGES)} on S3: {time.time() - began:.1f} s")
+    # Its own head node (fixed ports: robust on a busy machine), started with the S3
+    # environment so that every Ray worker has it; the driver joins it.
+    with head_node(cwd, extra_env=s3.env) as cluster:
+        env = {**os.environ, **s3.env, "RAY_AUTH_MODE": "disabled",
+               "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1",
+               "RAY_ADDRESS": cluster.gcs_address}
+        env.pop("AWS_ENDPOINT_URL", None)
+        cmd = [str(Path(sys.executable).parent / "pafo-ray"), "run", *args]
+        began = time.time()
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True,
+                                  timeout=CLI_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) \
+                else exc.stdout
+            pytest.fail(f"pafo-ray run timed out after {CLI_TIMEOUT_S} s:\n{(out or '')[-6000:]}")
+        print(f"\npafo-ray run {','.join(STAGES)} on S3: {time.time() - began:.1f} s")
     return proc, args, cwd
 
 
