@@ -161,6 +161,7 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
                                 stdin=subprocess.DEVNULL, cwd=str(REPO),
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     cluster = Cluster(proc, f"http://127.0.0.1:{dashboard}", temp_dir, log_path)
+    address_file = os.path.join(temp_dir, "ray_current_cluster")
     try:
         deadline, last = time.time() + START_TIMEOUT_S, None
         while True:
@@ -170,16 +171,18 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
             try:
                 client = JobSubmissionClient(cluster.dashboard_url)
                 client.list_jobs()
-                break
-            except Exception as exc:  # dashboard not up yet
+                # `ray start` writes the address file last: then the head is complete.
+                with open(address_file) as fh:
+                    cluster.gcs_address = fh.read().strip()  # a driver's RAY_ADDRESS
+                if cluster.gcs_address:
+                    break
+            except Exception as exc:  # dashboard or address file not there yet
                 last = exc
             if time.time() > deadline:
                 pytest.fail(f"the dashboard at {cluster.dashboard_url} did not answer in "
                             f"{START_TIMEOUT_S} s ({last}):\n{cluster.log_tail()}")
             time.sleep(2)
         cluster.client = client
-        with open(os.path.join(temp_dir, "ray_current_cluster")) as fh:
-            cluster.gcs_address = fh.read().strip()  # what a driver passes as RAY_ADDRESS
         yield cluster
     finally:
         cluster.stop()
