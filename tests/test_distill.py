@@ -7,7 +7,6 @@ margins and distill stages on it, including what happens when a teacher is missi
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from conftest import small_overrides
 from torch.testing import assert_close
 
-from pafo_ray.config import ModelConfig, TrainConfig, load_config
+from pafo_ray.config import ModelConfig, load_config
 from pafo_ray.train.arrays import Cache, Rows
 from pafo_ray.train.loop import Objective, PairScorer, fit
 from pafo_ray.train.targets import distill_targets
@@ -199,11 +198,12 @@ def test_student_loss_refuses_a_nan_target_it_would_train_on():
 
 
 def _fast_overrides(tmp_path, **extra) -> list:
-    values = {"train.epochs": 4, "train.checkpoint_every": 2}
-    if "select_regularization" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        values["train.select_regularization"] = False  # regularisation has its own tests
-    values.update(extra)
-    return small_overrides(tmp_path, **values)
+    # The data and training of tests/test_teachers.py (vanilla ~0.7 validation accuracy).
+    # Regularisation is chosen by its own stage, with its own tests: off here.
+    values = {"data.generator.num_users": 80, "data.generator.num_prompts": 60,
+              "data.generator.label_beta": "null", "train.epochs": 10,
+              "train.checkpoint_every": 5, "train.lr": 0.03, "train.select_regularization": False}
+    return small_overrides(tmp_path, **{**values, **extra})
 
 
 def _stages_through(cfg, last: str) -> list:
@@ -315,6 +315,6 @@ def test_margins_and_distill_stages(teachers_run):
     assert distill["settings"]["lam"] == ctx.cfg.distill.lam
     metrics = distill["student"]["metrics"]
     assert metrics["epoch"] == ctx.cfg.train.epochs
-    assert metrics["val_accuracy"] > 0.55, metrics
+    assert metrics["val_accuracy"] > 0.58, metrics
     student = RewardModel.from_pretrained(run_dir.uri("distill", "student"))
     assert student.user_ids == RewardModel.from_pretrained(run_dir.uri("teachers", "vanilla")).user_ids

@@ -121,20 +121,15 @@ class Cluster:
         _kill([p for p in survivors if _alive(p)], signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4):
-    """A `ray start --head --block` cluster on loopback, stopped (only it) on exit.
+class _StartFailed(Exception):
+    pass
 
-    Every port is given explicitly (free ones): two heads on one machine must not collide,
-    and a raylet told its agents' ports does not wait on their port files (on a busy
-    machine that wait, hard-coded in Ray 2.60, crashes the raylet: ray#65983).
-    ``extra_env`` reaches every Ray process of the cluster (raylet, workers, job drivers).
-    """
+
+def _start_head(log_path: Path, extra_env: Optional[dict], num_cpus: int) -> Cluster:
     from ray.job_submission import JobSubmissionClient
 
     # Short temp dir: Ray's unix socket paths under it must stay below 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="pafo-ray-", dir="/tmp")
-    log_path = log_dir / "ray_start.log"
     (gcs, dashboard, client, agent_http, agent_grpc, env_agent, metrics, node_manager,
      object_manager) = _free_ports(9)
     env = dict(os.environ)
@@ -162,12 +157,12 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     cluster = Cluster(proc, f"http://127.0.0.1:{dashboard}", temp_dir, log_path)
     address_file = os.path.join(temp_dir, "ray_current_cluster")
+    deadline, last = time.time() + START_TIMEOUT_S, None
     try:
-        deadline, last = time.time() + START_TIMEOUT_S, None
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"`ray start --head` exited with {proc.returncode}:\n"
-                            f"{cluster.log_tail()}")
+                raise _StartFailed(f"`ray start --head` exited with {proc.returncode}:\n"
+                                   f"{cluster.log_tail()}")
             try:
                 client = JobSubmissionClient(cluster.dashboard_url)
                 client.list_jobs()
@@ -175,18 +170,43 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
                 with open(address_file) as fh:
                     cluster.gcs_address = fh.read().strip()  # a driver's RAY_ADDRESS
                 if cluster.gcs_address:
-                    break
+                    cluster.client = client
+                    return cluster
             except Exception as exc:  # dashboard or address file not there yet
                 last = exc
             if time.time() > deadline:
-                pytest.fail(f"the dashboard at {cluster.dashboard_url} did not answer in "
-                            f"{START_TIMEOUT_S} s ({last}):\n{cluster.log_tail()}")
+                raise _StartFailed(f"the dashboard at {cluster.dashboard_url} did not answer "
+                                   f"in {START_TIMEOUT_S} s ({last}):\n{cluster.log_tail()}")
             time.sleep(2)
-        cluster.client = client
+    except BaseException:
+        cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4):
+    """A `ray start --head --block` cluster on loopback, stopped (only it) on exit.
+
+    Every port is given explicitly (free ones), so two heads on one machine cannot collide.
+    On a busy machine Ray 2.60's raylet may die while its agents start (ray#65983: a
+    hard-coded wait for their port files); that start is retried once. ``extra_env``
+    reaches every Ray process of the cluster (raylet, workers, job drivers).
+    """
+    failures = []
+    for attempt in range(2):
+        try:
+            cluster = _start_head(log_dir / f"ray_start_{attempt}.log", extra_env, num_cpus)
+            break
+        except _StartFailed as exc:
+            failures.append(str(exc))
+    else:
+        pytest.fail("could not start a Ray head node:\n" + "\n---\n".join(failures))
+    try:
         yield cluster
     finally:
         cluster.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

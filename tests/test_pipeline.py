@@ -25,7 +25,12 @@ def pipeline(ray_session, tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # in-process trainers on 2 shared cores (see test_teachers)
     tmp = tmp_path_factory.mktemp("pipeline")
-    overrides = small_overrides(tmp, **{"train.epochs": 4, "train.checkpoint_every": 2})
+    # The data and training of tests/test_teachers.py, where vanilla reaches ~0.7 validation
+    # accuracy (the small_overrides defaults leave every model near chance).
+    overrides = small_overrides(tmp, **{
+        "data.generator.num_users": 80, "data.generator.num_prompts": 60,
+        "data.generator.label_beta": "null", "train.epochs": 10, "train.checkpoint_every": 5,
+        "train.lr": 0.03})
     cfg = load_config(None, overrides)
     assert cfg.tune.num_samples == 0
     ctx = StageContext.create(cfg)
@@ -39,7 +44,7 @@ def test_every_active_stage_ran_and_is_marked_complete(pipeline):
     ctx, results, stages = pipeline["ctx"], pipeline["results"], pipeline["stages"]
     assert "tune" not in stages and {"input", "prepare", "embed", "teachers", "margins",
                                      "baselines", "distill", "evaluate"} <= set(stages)
-    assert list(results) == stages
+    assert set(results) == set(stages)  # teachers and baselines run side by side
     for stage in stages:
         marker = ctx.run_dir.marker(stage)
         assert marker is not None, stage
@@ -64,7 +69,9 @@ def test_report_has_every_method(pipeline):
         assert "user_type" in m["by"], name  # the generator's ground truth is reported
     # Every method is compared with vanilla on the same rows.
     assert set(metrics["differences"]) == METHODS - {"vanilla"}
-    assert metrics["methods"]["vanilla"]["overall"]["value"] > 0.55
+    # Trained models, not coin flips (test accuracy; ~0.7 measured).
+    for name in METHODS:
+        assert metrics["methods"][name]["overall"]["value"] > 0.58, name
 
     report = run_dir.read_bytes("evaluate", "report.md").decode()
     assert report.startswith("# pafo_ray report: t")
