@@ -101,7 +101,7 @@ class PrepareConfig:
     user_quantile: list = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
     val_fraction: float = _f(0.15, "Share of prompts in validation when the data has no split.")
     test_fraction: float = _f(0.15, "Share of prompts in test when the data has no split.")
-    num_partitions: Optional[int] = _f(None, "Shuffle partitions (None: cluster CPUs).")
+    num_partitions: Optional[int] = _f(None, "Shuffle partitions (None: the cluster's CPUs; a local Ray: the machine's cores).")
 
 
 @dataclass
@@ -154,8 +154,10 @@ class TrainConfig:
 
 @dataclass
 class TeachersConfig:
-    init: Literal["scratch", "vanilla"] = _f("scratch", "Teacher start: from scratch, or from the "
-                                             "vanilla model fine-tuned on its group.")
+    init: Literal["scratch", "vanilla", "both"] = _f(
+        "scratch", "Teacher start: from scratch, or from the vanilla model fine-tuned on its "
+        "group; both: train the two sets (teachers/<g> and teachers/<g>_ft) so that "
+        "distill.teacher_init can be searched.")
     min_rows: int = _f(50, "Groups with fewer training rows cannot train a teacher.")
     small_group_policy: Literal["error", "vanilla"] = _f(
         "vanilla", "A group under min_rows: fail, or use the vanilla model as its teacher "
@@ -183,6 +185,9 @@ class DistillConfig:
     scope: Literal["all", "agree", "minority_users"] = _f(
         "all", "Rows that receive the distillation term: all, only where the teacher agrees "
         "with the label, or only the rows of minority users.")
+    teacher_init: Literal["auto", "scratch", "vanilla"] = _f(
+        "auto", "Which teachers' margins to distil: those teachers.init trained (auto), or, "
+        "with teachers.init=both, the scratch or the vanilla-initialised set.")
     use_tuned: bool = _f(True, "Take the weights of the tune stage's chosen trial when it exists.")
 
 

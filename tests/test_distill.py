@@ -318,3 +318,35 @@ def test_margins_and_distill_stages(teachers_run):
     assert metrics["val_accuracy"] > 0.58, metrics
     student = RewardModel.from_pretrained(run_dir.uri("distill", "student"))
     assert student.user_ids == RewardModel.from_pretrained(run_dir.uri("teachers", "vanilla")).user_ids
+
+
+def test_teacher_init_picks_the_finetuned_set_and_its_stats():
+    """teachers.init=both: distill.teacher_init=vanilla reads margin_<g>_ft and standardizes
+    with the _ft teachers' stats; scratch reads the plain columns."""
+    from pafo_ray.config import DistillConfig
+    from pafo_ray.train.targets import target_settings
+
+    frame = hand_frame().assign(margin_minority_ft=[10.0, 20.0, 30.0, 40.0],
+                                margin_majority_ft=[-5.0, -6.0, -7.0, -8.0])
+    stats = {**STATS, "minority_ft": {"mean": 0.0, "std": 1.0},
+             "majority_ft": {"mean": 0.0, "std": 4.0}}
+    raw = DistillConfig(margin_norm="none", teacher_init="vanilla")
+    out = distill_targets(frame, target_settings(raw, "both", stats), NAMES)
+    np.testing.assert_allclose(out["teacher_margin"], [10.0, -6.0, -7.0, 40.0])
+    scratch = DistillConfig(margin_norm="none", teacher_init="scratch")
+    out = distill_targets(frame, target_settings(scratch, "both", stats), NAMES)
+    np.testing.assert_allclose(out["teacher_margin"], [2.0, 0.5, -0.25, -0.5])
+    # _ft stats: pooled μ=0, σ=2.5; row 0: 2.5·(10−0)/1 = 25; row 1: 2.5·(−6)/4 = −3.75.
+    std = DistillConfig(margin_norm="standardize", teacher_init="vanilla")
+    out = distill_targets(frame, target_settings(std, "both", stats), NAMES)
+    np.testing.assert_allclose(out["teacher_margin"], [25.0, -3.75, -4.375, 100.0])
+
+
+def test_teacher_init_without_that_teacher_set_names_the_fix():
+    from pafo_ray.config import DistillConfig
+    from pafo_ray.train.targets import target_settings, teacher_suffix
+
+    assert teacher_suffix("vanilla", "auto") == "" and teacher_suffix("vanilla", "vanilla") == ""
+    assert teacher_suffix("both", "auto") == "" and teacher_suffix("both", "vanilla") == "_ft"
+    with pytest.raises(ValueError, match="teachers.init=both"):
+        target_settings(DistillConfig(teacher_init="vanilla"), "scratch", STATS)

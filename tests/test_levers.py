@@ -111,3 +111,30 @@ def test_teacher_init_from_vanilla_starts_from_its_weights(tmp_path):
     started = build_model(cfg, ["a", "b", "c"], None, str(tmp_path / "vanilla"))
     for (name, a), (_, b) in zip(vanilla.state_dict().items(), started.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_search_space_levers_reach_the_config():
+    """user_shrinkage is searched into the model section (and so into the objective);
+    teacher_init is fixed to auto unless teachers.init=both trained both teacher sets."""
+    from tuning.search import space_overrides
+    from tuning.space import SEARCHABLE, apply_params, read_space
+
+    assert SEARCHABLE["user_shrinkage"][0] == "model"
+    cfg = apply_params(load_config(), {"user_shrinkage": 0.05, "teacher_init": "vanilla"})
+    assert cfg.model.user_shrinkage == 0.05 and cfg.distill.teacher_init == "vanilla"
+    assert objective_for("pafo", cfg)["user_shrinkage"] == 0.05
+    assert "teacher_init" in read_space() and "user_shrinkage" in read_space()
+    assert space_overrides(load_config()) == {"teacher_init": {"type": "fixed", "value": "auto"}}
+    assert space_overrides(load_config(None, ["teachers.init=both"])) == {}
+
+
+def test_tune_stage_hash_follows_the_space_file(tmp_path):
+    from pafo_ray.stages import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lam: {type: loguniform, low: 0.1, high: 1.0}\n")
+    first = tune.hash_payload(load_config(None, [f"tune.space={space}"]))
+    space.write_text("lam: {type: loguniform, low: 0.1, high: 2.0}\n")
+    assert tune.hash_payload(load_config(None, [f"tune.space={space}"])) != first
+    both = tune.hash_payload(load_config(None, ["teachers.init=both"]))
+    assert both != tune.hash_payload(load_config())

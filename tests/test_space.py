@@ -26,9 +26,11 @@ def test_shipped_space_loads_and_binds_to_config_fields():
     train = {f.name for f in dataclasses.fields(TrainConfig)}
     assert space, "the shipped space is empty"
     for key in space:
-        assert key in distill or key in {"lr", "weight_decay"} and key in train, key
+        assert (key in distill or key in {"lr", "weight_decay"} and key in train
+                or key == "user_shrinkage"), key
     # The levers DESIGN §6 asks to search are all in it.
-    assert {"lam", "minority_weight", "margin_norm", "scope"} <= set(space)
+    assert {"lam", "minority_weight", "margin_norm", "scope", "teacher_init",
+            "user_shrinkage"} <= set(space)
     # Every sampled value binds to the config through apply_params.
     sample = {key: (dom.categories[-1] if isinstance(dom, Categorical) else dom.lower)
               for key, dom in space.items()}

@@ -273,3 +273,30 @@ def test_small_group_policy_error_names_the_group(prepared, tmp_path):
     assert "teachers.min_rows" in message and "small_group_policy" in message
     assert not ctx.run_dir.exists("teachers", "_SUCCESS.json")
     assert majority_rows >= minority_rows + 1
+
+
+def test_both_teacher_sets_train_and_get_scored(prepared):
+    """teachers.init=both: the scratch teachers and the vanilla-initialised ``<g>_ft`` set;
+    the ``_ft`` teachers start at vanilla (after 2 epochs they are still nearer to it than
+    the scratch ones), and the margins stage scores every row with all four."""
+    from pafo_ray.models import RewardModel
+    from pafo_ray.stages.base import run_stage
+    from pafo_ray.train.inmemory import read_frame
+
+    ctx, summary = prepared("both", **{"teachers.init": "both", "teachers.finetune_epochs": 2})
+    assert set(summary["jobs"]) == {"vanilla", *GROUPS, *(g + "_ft" for g in GROUPS)}
+
+    def weights(name):
+        model = RewardModel.from_pretrained(ctx.run_dir.uri("teachers", name))
+        return torch.cat([p.detach().flatten() for p in model.head.parameters()])
+
+    vanilla = weights("vanilla")
+    for g in GROUPS:
+        assert (weights(g + "_ft") - vanilla).norm() < (weights(g) - vanilla).norm(), g
+    run_stage(ctx, "margins")
+    stats = ctx.run_dir.read_json("margins", "teacher_stats.json")
+    assert set(stats) == {*GROUPS, *(g + "_ft" for g in GROUPS)}
+    frame = read_frame(ctx.run_dir.uri("margins", "rows", "split=train"))
+    for g in GROUPS:
+        assert np.isfinite(frame[f"margin_{g}_ft"]).all()
+        assert not np.allclose(frame[f"margin_{g}_ft"], frame[f"margin_{g}"])

@@ -162,6 +162,16 @@ def trials_table(result_grid) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["trial_number", "trial_id"]).reset_index(drop=True)
 
 
+def space_overrides(cfg: PipelineConfig) -> dict:
+    """Entries the run's config forces: ``teacher_init`` can only be searched when the
+    teachers stage trained both sets (``teachers.init=both``); otherwise it is fixed."""
+    from tuning.space import read_space
+
+    if cfg.teachers.init != "both" and "teacher_init" in read_space(cfg.tune.space):
+        return {"teacher_init": {"type": "fixed", "value": "auto"}}
+    return {}
+
+
 def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
                sampler: Optional[str] = None, num_samples: Optional[int] = None,
                seed: Optional[int] = None, trainable: Callable = train_trial,
@@ -209,7 +219,8 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
             trial_dirname_creator=trial_dirname)
         run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
                                     failure_config=tune.FailureConfig(max_failures=0))
-        tuner = tune.Tuner(fn, param_space=load_space(cfg.tune.space), tune_config=tune_config,
+        tuner = tune.Tuner(fn, param_space=load_space(cfg.tune.space, space_overrides(cfg)),
+                           tune_config=tune_config,
                            run_config=run_config)
     table = trials_table(tuner.fit())
     if resumed and len(table) != num_samples:

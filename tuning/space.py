@@ -2,7 +2,8 @@
 PAFO levers, turned into a Ray Tune ``param_space``.
 
 Each key names a field the trainer understands — of :class:`DistillConfig` (section
-``distill``) or ``lr`` / ``weight_decay`` of :class:`TrainConfig` (section ``train``) — and
+``distill``), ``lr`` / ``weight_decay`` of :class:`TrainConfig` (section ``train``) or
+``user_shrinkage`` of :class:`ModelConfig` (the student's pull of user offsets to g) — and
 maps to one of::
 
     lam: {type: loguniform, low: 0.05, high: 10.0}
@@ -23,7 +24,14 @@ import math
 import typing
 from typing import Any, Optional
 
-from pafo_ray.config import ConfigError, DistillConfig, PipelineConfig, TrainConfig, _check_value
+from pafo_ray.config import (
+    ConfigError,
+    DistillConfig,
+    ModelConfig,
+    PipelineConfig,
+    TrainConfig,
+    _check_value,
+)
 
 SPACE_FILE = "space.yaml"
 TYPES = ("uniform", "loguniform", "int", "choice", "fixed")
@@ -48,6 +56,8 @@ def _searchable() -> dict[str, tuple[str, Any]]:
     train_types = typing.get_type_hints(TrainConfig)
     for name in ("lr", "weight_decay"):
         fields[name] = ("train", train_types[name])
+    # The student's pull of user offsets towards the population vector g.
+    fields["user_shrinkage"] = ("model", typing.get_type_hints(ModelConfig)["user_shrinkage"])
     return fields
 
 

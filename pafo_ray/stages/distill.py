@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pafo_ray.config import DistillConfig
+from pafo_ray.config import DistillConfig, PipelineConfig
 from pafo_ray.stages.base import StageContext, is_active, is_done, stage_hash
 from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
@@ -20,24 +20,23 @@ DEPENDS = ["margins", "tune"]
 SECTIONS = ("model", "train", "distill")
 
 
-def chosen_settings(ctx: StageContext) -> tuple[DistillConfig, dict, str]:
-    """(distill settings, train overrides, where they came from)."""
+def chosen_settings(ctx: StageContext) -> tuple[PipelineConfig, str]:
+    """(the config with the chosen trial's params written in, where they came from)."""
     cfg = ctx.cfg
     if cfg.distill.use_tuned and is_active(cfg, "tune") and is_done(ctx, "tune"):
         chosen = ctx.run_dir.read_json("tune", "summary.json").get("chosen")
         if chosen:
-            params = chosen["params"]
-            fields = {f.name for f in dataclasses.fields(DistillConfig)}
-            distill = dataclasses.replace(cfg.distill, **{k: v for k, v in params.items()
-                                                          if k in fields})
-            train = {k: params[k] for k in ("lr", "weight_decay") if k in params}
-            return distill, train, f"tune trial {chosen.get('trial_id')}"
-    return cfg.distill, {}, "distill config"
+            from tuning.space import apply_params
+
+            return apply_params(cfg, chosen["params"]), f"tune trial {chosen.get('trial_id')}"
+    return cfg, "distill config"
 
 
 def targets_for(ctx: StageContext, distill: DistillConfig) -> dict:
+    from pafo_ray.train.targets import target_settings
+
     stats = ctx.run_dir.read_json("margins", "teacher_stats.json")
-    return {"margin_norm": distill.margin_norm, "scope": distill.scope, "stats": stats}
+    return target_settings(distill, ctx.cfg.teachers.init, stats)
 
 
 def margin_uris(run_dir, split: str) -> list:
@@ -46,21 +45,23 @@ def margin_uris(run_dir, split: str) -> list:
 
 def run(ctx: StageContext) -> dict:
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    distill, train_overrides, origin = chosen_settings(ctx)
-    if train_overrides:
-        ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, **train_overrides)))
-    jobs = [TrainJob("student", J.objective_for("pafo", cfg, distill), margin_uris(run_dir, "train"),
+    chosen, origin = chosen_settings(ctx)
+    tuned = dataclasses.replace(ctx, cfg=chosen)
+    jobs = [TrainJob("student", J.objective_for("pafo", chosen), margin_uris(run_dir, "train"),
                      J.rows_uris(run_dir, "val"), [NAME, "student"],
-                     targets=targets_for(ctx, distill))]
+                     targets=targets_for(tuned, chosen.distill), config=chosen.to_dict())]
     if origin != "distill config":
         # The report compares the tuned student with the default-weights one.
-        jobs.append(TrainJob("student_default", J.objective_for("pafo", cfg, cfg.distill),
+        jobs.append(TrainJob("student_default", J.objective_for("pafo", cfg),
                              margin_uris(run_dir, "train"), J.rows_uris(run_dir, "val"),
                              [NAME, "student_default"], targets=targets_for(ctx, cfg.distill)))
     results = run_jobs(ctx, NAME, jobs, stage_hash(ctx, NAME))
+    changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()
+                         if getattr(getattr(cfg, section), k) != v}
+               for section in ("train", "model")}
     return {"student": results["student"], "student_default": results.get("student_default"),
-            "settings": dataclasses.asdict(distill), "train": train_overrides, "origin": origin}
+            "settings": dataclasses.asdict(chosen.distill), "train": changed["train"],
+            "model": changed["model"], "origin": origin}
 
 
 def describe(summary: dict) -> str:

@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> dict:
     import ray.data
 
     from pafo_ray.models.backbone import resolve_backbone
-    from pafo_ray.ray_session import cluster_cpus
+    from pafo_ray.ray_session import cluster_cpus, data_parallelism
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     resolve_backbone(cfg.model.backbone)  # fail fast, on the driver, with the clear message
@@ -91,7 +91,7 @@ def run(ctx: StageContext) -> dict:
     ds = ray.data.read_parquet(run_dir.uri("prepare", "data")).select_columns(
         ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = (ds.map_batches(_texts, batch_format="pyarrow", batch_size=None)
-             .repartition(max(1, min(cpus, 8)), keys=["text_id"])
+             .repartition(max(1, min(data_parallelism(), 8)), keys=["text_id"])
              .map_batches(_distinct, batch_format="pyarrow", batch_size=None))
     device = "cuda" if e.num_gpus_per_actor > 0 else "cpu"
     embedded = texts.map_batches(

@@ -1,6 +1,7 @@
 """Stage ``margins``: Ray Data batch inference of every teacher on every train/val row.
 
-Per row the output keeps ``margin_<group>`` of each teacher (for analysis), the row's own
+Per row the output keeps ``margin_<group>`` of each teacher (for analysis; with
+``teachers.init=both`` also ``margin_<group>_ft`` of the vanilla-initialised set), the row's own
 group, and ``user_group`` (the user's support group, for the minority-users scope). The
 conditional target (the own group's teacher) is picked when the student trains, because
 its normalisation is a tunable. ``margins/teacher_stats.json`` holds each teacher's
@@ -57,7 +58,9 @@ def run(ctx: StageContext) -> dict:
     from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    names = J.names(cfg)
+    from pafo_ray.stages.teachers import teacher_names
+
+    names = teacher_names(cfg)
     teachers = run_dir.read_json("teachers", "summary.json")
     stats = {}
     for g in names:

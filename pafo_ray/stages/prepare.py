@@ -116,7 +116,7 @@ def run(ctx: StageContext) -> dict:
     import ray
 
     from pafo_ray.data.sources import plan_chunks
-    from pafo_ray.ray_session import cluster_cpus
+    from pafo_ray.ray_session import data_parallelism
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     prep = cfg.prepare
@@ -124,7 +124,7 @@ def run(ctx: StageContext) -> dict:
     names = group_names(prep.num_groups)
     source = run_dir.read_json("input", "summary.json")
     chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
-    partitions = prep.num_partitions or cluster_cpus()
+    partitions = prep.num_partitions or data_parallelism()
 
     ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
     ds = ds.map_batches(_read_validate, batch_size=1, batch_format="pyarrow", fn_kwargs=dict(

@@ -2,7 +2,8 @@
 
 Each teacher trains only on its group's rows and is validated on its group's validation
 rows; vanilla trains on all rows. With ``teachers.init=scratch`` all of them fit at once;
-with ``init=vanilla`` vanilla fits first and each teacher starts from it. A group with
+with ``init=vanilla`` vanilla fits first and each teacher starts from it; ``init=both`` trains
+the scratch set beside vanilla, then the vanilla-initialised set as ``<group>_ft``. A group with
 fewer than ``teachers.min_rows`` training rows either fails the stage or (policy
 ``vanilla``) takes the vanilla model as its teacher, which the summary and report state.
 Outputs: ``teachers/<group>/`` and ``teachers/vanilla/`` (saved models with margin stats).
@@ -10,6 +11,7 @@ Outputs: ``teachers/<group>/`` and ``teachers/vanilla/`` (saved models with marg
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 
@@ -17,6 +19,7 @@ from pafo_ray.stages.base import StageContext, stage_hash
 from pafo_ray.storage import download_dir, upload_dir
 from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
+from pafo_ray.train.targets import FINETUNED
 
 NAME = "teachers"
 DEPENDS = ["prepare", "embed", "regularize"]
@@ -40,26 +43,46 @@ def run(ctx: StageContext) -> dict:
                          _val_uris(run_dir, g, counts), [NAME, g])
                 for g in names if g not in small]
     results = {}
-    if cfg.teachers.init == "vanilla":
-        results.update(run_jobs(ctx, NAME, [vanilla], digest))
-        for job in teachers:
-            job.init_from = results["vanilla"]["model"]
-            job.epochs = cfg.teachers.finetune_epochs
-        results.update(run_jobs(ctx, NAME, teachers, digest))
-    else:
+    init = cfg.teachers.init
+    if init == "scratch":
         results.update(run_jobs(ctx, NAME, [vanilla] + teachers, digest))
+    else:
+        # The scratch teachers (init=both) do not need vanilla: they fit beside it.
+        results.update(run_jobs(ctx, NAME, [vanilla] + (teachers if init == "both" else []),
+                                digest))
+        tuned = [_finetuned(job, results["vanilla"]["model"], cfg, suffix=FINETUNED if
+                            init == "both" else "") for job in teachers]
+        results.update(run_jobs(ctx, NAME, tuned, digest))
     fallbacks = {}
+    suffixes = ["", FINETUNED] if init == "both" else [""]
     for g in small:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = download_dir(run_dir, tmp, NAME, "vanilla")
-            copy = tempfile.mkdtemp()
-            shutil.copytree(local, copy, dirs_exist_ok=True)
-            upload_dir(copy, run_dir, NAME, g)
-            shutil.rmtree(copy, ignore_errors=True)
+        for suffix in suffixes:
+            _copy_vanilla(run_dir, g + suffix)
         fallbacks[g] = (f"group '{g}' has {counts.get(g, 0)} training rows (< teachers.min_rows="
                         f"{cfg.teachers.min_rows}): its teacher is the vanilla model")
     return {"jobs": results, "train_rows": counts, "fallbacks": fallbacks, "groups": names,
             "init": cfg.teachers.init, "overlap_seconds": _overlap(results, names)}
+
+
+def _finetuned(job: TrainJob, vanilla_model: str, cfg, suffix: str) -> TrainJob:
+    """A group's teacher started from the vanilla model (``<group><suffix>``)."""
+    return dataclasses.replace(job, name=job.name + suffix, output=[NAME, job.name + suffix],
+                               init_from=vanilla_model, epochs=cfg.teachers.finetune_epochs)
+
+
+def _copy_vanilla(run_dir, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_dir(run_dir, tmp, NAME, "vanilla")
+        copy = tempfile.mkdtemp()
+        shutil.copytree(local, copy, dirs_exist_ok=True)
+        upload_dir(copy, run_dir, NAME, name)
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def teacher_names(cfg) -> list:
+    """Every teacher model the stage writes: ``<group>`` and, with init=both, ``<group>_ft``."""
+    names = J.names(cfg)
+    return names + ([g + FINETUNED for g in names] if cfg.teachers.init == "both" else [])
 
 
 def _val_uris(run_dir, group: str, counts: dict) -> list:

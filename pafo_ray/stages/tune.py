@@ -26,6 +26,20 @@ NAME = "tune"
 DEPENDS = ["margins", "baselines"]
 SECTIONS = ("model", "train", "distill", "tune")
 
+def hash_payload(cfg) -> str:
+    """The config sections plus the search space the trials sample (the file's entries, not
+    its path: editing the file reruns the search)."""
+    import hashlib
+    import json
+
+    from tuning.search import space_overrides
+    from tuning.space import read_space
+
+    space = read_space(cfg.tune.space, space_overrides(cfg))
+    payload = cfg.section_hash(*SECTIONS) + json.dumps(space, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 # Hypervolume reference: chance accuracy for both groups.
 HYPERVOLUME_REFERENCE = (0.5, 0.5)
 

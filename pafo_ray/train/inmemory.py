@@ -59,13 +59,12 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     from pafo_ray.train import jobs as J
     from pafo_ray.train.arrays import build_rows, user_map
     from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.targets import distill_targets
+    from pafo_ray.train.targets import distill_targets, target_settings
 
     seed = cfg.run.seed if seed is None else seed
     torch.manual_seed(seed)
     names = J.names(cfg)
-    targets = {"margin_norm": cfg.distill.margin_norm, "scope": cfg.distill.scope,
-               "stats": data.teacher_stats}
+    targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats)
     frame = distill_targets(data.train, targets, names)
     model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
     umap = user_map(model.user_ids)

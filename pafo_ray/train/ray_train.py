@@ -46,6 +46,7 @@ class TrainJob:
     init_from: Optional[str] = None  # a saved model folder to start from
     epochs: Optional[int] = None
     targets: Optional[dict] = None   # distillation target settings (pafo)
+    config: Optional[dict] = None    # this job's pipeline config (None: the stage's)
     info: dict = field(default_factory=dict)
 
 
@@ -211,10 +212,11 @@ def _fit_ray(ctx: StageContext, stage: str, job: TrainJob, run_hash: str,
         name=f"{job.name}-{run_hash}", storage_path=ctx.run_dir.uri("_ray", stage),
         failure_config=FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2))
-    payload = {k: v for k, v in asdict(job).items() if k not in ("train", "val", "output", "info")}
+    payload = {k: v for k, v in asdict(job).items()
+               if k not in ("train", "val", "output", "info", "config")}
     payload["checkpoint_root"] = checkpoint_root
     payload["fail_once"] = _fail_once(ctx, stage, job, run_hash)
-    trainer = TorchTrainer(train_func, train_loop_config={"pipeline": ctx.cfg.to_dict(),
+    trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or ctx.cfg.to_dict(),
                                                           "job": payload},
                            scaling_config=scaling, run_config=run_config, datasets=datasets,
                            dataset_config=DataConfig(datasets_to_split=["train"]))

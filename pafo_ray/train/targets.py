@@ -11,16 +11,37 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+FINETUNED = "_ft"  # suffix of the vanilla-initialised teachers when teachers.init=both
+
+
+def teacher_suffix(teachers_init: str, teacher_init: str) -> str:
+    """Column/folder suffix of the teacher set a student distils (see DistillConfig.teacher_init)."""
+    if teacher_init == "auto" or teacher_init == teachers_init:
+        return ""
+    if teachers_init == "both":
+        return FINETUNED if teacher_init == "vanilla" else ""
+    raise ValueError(f"distill.teacher_init={teacher_init} but teachers.init={teachers_init} "
+                     f"trained no such teachers: set teachers.init=both (or {teacher_init}) and "
+                     "rerun `pafo-ray teachers`")
+
+
+def target_settings(distill, teachers_init: str, stats: dict) -> dict:
+    """The ``targets`` dict of :func:`distill_targets` for a DistillConfig."""
+    return {"margin_norm": distill.margin_norm, "scope": distill.scope, "stats": stats,
+            "suffix": teacher_suffix(teachers_init, distill.teacher_init)}
+
 
 def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataFrame:
     """Add ``teacher_margin`` [n] and ``distill_mask`` [n] to ``frame``.
 
     targets: ``margin_norm`` (none | standardize), ``scope`` (all | agree | minority_users),
-    ``stats`` {group: {"mean", "std"}} of each teacher on its validation rows.
+    ``stats`` {teacher: {"mean", "std"}} of each teacher on its validation rows, ``suffix``
+    ("" or ``_ft``: which teacher set, ``margin_<group><suffix>``).
     Standardised target: ``μ_pool + σ_pool · (m − μ_g) / σ_g`` with μ_pool, σ_pool the
     means of the teachers' μ_g, σ_g, so every teacher speaks on one scale.
     """
-    missing = [f"margin_{g}" for g in names if f"margin_{g}" not in frame]
+    suffix = targets.get("suffix", "")
+    missing = [f"margin_{g}{suffix}" for g in names if f"margin_{g}{suffix}" not in frame]
     if missing:
         raise RuntimeError(f"rows lack teacher margins {missing}: rerun `pafo-ray margins`")
     group = frame["group"].to_numpy(dtype=object)
@@ -31,10 +52,11 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
     margin = np.full(len(frame), np.nan)
     for g in names:
         rows = source == g
-        raw[rows] = frame[f"margin_{g}"].to_numpy(np.float64)[rows]
+        raw[rows] = frame[f"margin_{g}{suffix}"].to_numpy(np.float64)[rows]
         margin[rows] = raw[rows]
         if targets["margin_norm"] == "standardize":
-            stats, pooled = targets["stats"], _pooled(targets["stats"])
+            stats = {k: targets["stats"][k + suffix] for k in names}
+            pooled = _pooled(stats)
             std = max(stats[g]["std"], 1e-6)
             margin[rows] = pooled["mean"] + pooled["std"] * (raw[rows] - stats[g]["mean"]) / std
     bad = ~np.isfinite(margin)
