@@ -1,6 +1,6 @@
 """Fairness quality: pafo vs vanilla and the baselines, on the biased regime of DESIGN §6.
 
-    python -m benchmarks.quality [--datasets builtin-80 dsp] [--seeds 0 1 2] [--trials 12]
+    python -m benchmarks.quality [--datasets builtin-80 dsp] [--seeds 0 1 2] [--trials 24]
     python -m benchmarks.quality --smoke
 
 Each (dataset, seed) is one real pipeline run (Ray Data prepare/embed/margins/evaluate,
@@ -38,7 +38,9 @@ DATASETS = {
     "dsp": {"data.source": "dsp", "data.path": str(DSP), "data.sim_num_users": 500,
             "data.sim_minority_fraction": 0.2},
 }
+# teachers.init=both: the search chooses between scratch and vanilla-initialised teachers.
 COMMON = {"model.backbone": "minilm", "train.num_workers": 0, "train.epochs": 30,
+          "teachers.init": "both",
           "train.checkpoint_every": 30, "evaluate.bootstrap": 1000,
           "run.ray.progress_bars": False}
 SMOKE = {"model.backbone": "builtin-tiny", "data.generator.num_users": 60,
@@ -63,8 +65,10 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool) -> dic
     metrics = ctx.run_dir.read_json("evaluate", "metrics.json") if ctx.run_dir.local_dir() is None \
         else json.loads(Path(ctx.run_dir.local_dir("evaluate", "metrics.json")).read_text())
     tune = ctx.run_dir.read_json("tune", "summary.json") if trials else {}
+    keep = ("trials", "front", "chosen", "closest", "baselines", "met_constraint", "threshold")
     return {"dataset": dataset, "seed": seed, "seconds": round(time.time() - began, 1),
-            "metrics": metrics, "chosen": tune.get("chosen"), "tune_message": tune.get("message")}
+            "metrics": metrics, "chosen": tune.get("chosen"), "tune_message": tune.get("message"),
+            "tune": {k: tune.get(k) for k in keep}, "run": str(ctx.run_dir.root)}
 
 
 def _value(metrics: dict, method: str, by: str, group: str):
@@ -151,36 +155,84 @@ def render(table: dict, runs: list, command: str) -> str:
                 f"{delta(dmaj) if method != 'vanilla' else '–'} | {_pct(_mean(rows, 'per_user_std'))} | "
                 f"{_pct(_mean(rows, 'worst_p10'))} |")
         lines.append("")
-    lines += ["## Runs", "", "| dataset | seed | seconds | pafo weights (tune pick) |", "|---|---|---|---|"]
+    lines += ["## Runs: the search on validation (support groups, majority / minority %)", "",
+              "| dataset | seed | seconds | vanilla | chosen | front size | pafo weights (tune pick) |",
+              "|---|---|---|---|---|---|---|"]
     for run in runs:
         chosen = run.get("chosen") or {}
+        tune = run.get("tune") or {}
         pick = json.dumps(chosen.get("params")) if chosen else (run.get("tune_message") or "default")
-        lines.append(f"| {run['dataset']} | {run['seed']} | {run['seconds']} | {pick} |")
+        van = (tune.get("baselines") or {}).get("vanilla") or [None, None]
+        lines.append(f"| {run['dataset']} | {run['seed']} | {run['seconds']} | "
+                     f"{_pct(van[0])} / {_pct(van[1])} | "
+                     f"{_pct(chosen.get('val_majority_accuracy'))} / "
+                     f"{_pct(chosen.get('val_minority_accuracy'))} | "
+                     f"{len(tune.get('front') or [])} | {pick} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, out: Path) -> list:
+def plot(table: dict, out: Path, runs: list = ()) -> list:
+    """Per dataset: test accuracy by true user type (each seed small, the mean large) and,
+    beside it, the first seed's validation search: every trial, the Pareto front, the
+    chosen trial and the baselines, by support group (what the selection rule saw)."""
     from matplotlib.figure import Figure
 
     paths = []
     for dataset, methods in table.items():
-        fig = Figure(figsize=(5.5, 4.5))
-        ax = fig.add_subplot()
-        for method, rows in methods.items():
+        fig = Figure(figsize=(11, 4.5))
+        ax, front_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        for i, (method, rows) in enumerate(methods.items()):
             x, y = _mean(rows, "majority"), _mean(rows, "minority")
             if x is None or y is None:
                 continue
-            ax.scatter([100 * x], [100 * y], s=60, marker="*" if method == "pafo" else "o")
-            ax.annotate(method, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)
+            color = f"C{i}"
+            ax.scatter([100 * r["majority"] for r in rows], [100 * r["minority"] for r in rows],
+                       s=12, color=color, alpha=0.45)
+            ax.scatter([100 * x], [100 * y], s=90, color=color,
+                       marker="*" if method == "pafo" else "o", label=method)
         ax.set_xlabel("majority-type accuracy (%)")
         ax.set_ylabel("minority-type accuracy (%)")
-        ax.set_title(f"{dataset}: mean over seeds (test)")
+        ax.set_title(f"{dataset}: test, by true user type (dots: seeds)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        first = next((r for r in runs if r["dataset"] == dataset and r.get("tune", {}).get("trials")),
+                     None)
+        if first is not None:
+            _plot_front(front_ax, first)
+        else:
+            front_ax.set_axis_off()
+        fig.tight_layout()
         path = out / f"quality_{dataset}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         paths.append(str(path))
     return paths
+
+
+def _plot_front(ax, run: dict) -> None:
+    from tuning.pareto import OBJECTIVES
+
+    majority, minority = OBJECTIVES
+    tune = run["tune"]
+
+    def xy(records):
+        pts = [(r.get(majority), r.get(minority)) for r in records or []]
+        pts = [(100 * a, 100 * b) for a, b in pts if a is not None and b is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    ax.scatter(*xy(tune["trials"]), s=14, color="0.6", label="trials")
+    fx, fy = xy(sorted(tune["front"] or [], key=lambda r: r.get(majority) or 0))
+    ax.plot(fx, fy, "-o", color="C3", ms=5, label="Pareto front")
+    if tune.get("chosen"):
+        ax.scatter(*xy([tune["chosen"]]), s=160, marker="*", color="gold", edgecolor="k",
+                   zorder=5, label="chosen (pafo)")
+    for name, point in (tune.get("baselines") or {}).items():
+        if point and None not in point:
+            ax.scatter([100 * point[0]], [100 * point[1]], marker="s", s=40, label=name)
+    ax.set_xlabel("validation majority-group accuracy (%)")
+    ax.set_ylabel("validation minority-group accuracy (%)")
+    ax.set_title(f"seed {run['seed']}: the search on validation (support groups)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:
@@ -190,7 +242,7 @@ def main(argv=None) -> int:
                                                           "builtin-95", "dsp"],
                         choices=sorted(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=12, help="Tune trials per run")
+    parser.add_argument("--trials", type=int, default=24, help="Tune trials per run")
     parser.add_argument("--out", default="bench_out/quality")
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 seed (CI)")
     args = parser.parse_args(argv)
@@ -210,7 +262,7 @@ def main(argv=None) -> int:
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps({"table": table, "runs": [
         {k: v for k, v in r.items() if k != "metrics"} for r in runs]}, indent=2, default=str))
-    plot(table, out)
+    plot(table, out, runs)
     print(text)
     return 0
 

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pafo_ray import bootstrap as B
+from pafo_ray import comparison as C
 from pafo_ray import metrics as M
 
 
@@ -80,7 +82,7 @@ def test_empty_named_group_is_an_error(small):
     with pytest.raises(ValueError, match=r"\['minority'\] have no scored rows"):
         M.disaggregated(majority_only, "group", groups=["minority", "majority"])
     with pytest.raises(ValueError, match="minority"):
-        M.method_metrics(majority_only, groups=["minority", "majority"], bootstrap=0)
+        C.method_metrics(majority_only, groups=["minority", "majority"], bootstrap=0)
     with pytest.raises(ValueError, match=r"unexpected group\(s\) \['majority'\]"):
         M.disaggregated(small, "group", groups=["minority", "bucket_1"])
 
@@ -132,16 +134,16 @@ def test_user_support_spearman(small):
 def test_vectorised_statistics_match_point_functions(small):
     frame = random_frame()
     for df in (small, frame):
-        table = M.user_table(df)
+        table = B.user_table(df)
         spread = M.per_user(df)
         for kind in M.PER_USER_STATS:
-            assert M.per_user_stat(kind).point(table) == pytest.approx(spread[kind])
+            assert B.per_user_stat(kind).point(table) == pytest.approx(spread[kind])
         minority = df[df["user_type"] == "minority"]
-        assert M.per_user_stat("p10", "user_type", "minority").point(table) == pytest.approx(
+        assert B.per_user_stat("p10", "user_type", "minority").point(table) == pytest.approx(
             M.per_user(minority)["p10"])
-        assert M.accuracy_stat("group", "minority").point(table) == pytest.approx(
+        assert B.accuracy_stat("group", "minority").point(table) == pytest.approx(
             M.disaggregated(df, "group")["by_group"]["minority"])
-        assert M.spearman_stat().point(table) == pytest.approx(M.user_support_spearman(df))
+        assert B.spearman_stat().point(table) == pytest.approx(M.user_support_spearman(df))
 
 
 @pytest.mark.parametrize("stat_name", ["accuracy", "gap", "std", "p10", "worst", "spearman"])
@@ -151,50 +153,50 @@ def test_fast_bootstrap_equals_generic_bootstrap(stat_name):
     without minority users is undefined (NaN) on both paths and left out of the interval."""
     df = random_frame(num_users=20)
     fast, slow = {
-        "accuracy": (M.accuracy_stat("group", "minority"),
+        "accuracy": (B.accuracy_stat("group", "minority"),
                      lambda d: M.disaggregated(d, "group")["by_group"].get("minority", np.nan)),
-        "gap": (M.gap_stat("user_type", "minority", "majority"),
+        "gap": (B.gap_stat("user_type", "minority", "majority"),
                 lambda d: (lambda r: r.get("majority", np.nan) - r.get("minority", np.nan))(
                     M.disaggregated(d, "user_type")["by_group"])),
-        "std": (M.per_user_stat("std"), lambda d: M.per_user(d)["std"]),
-        "p10": (M.per_user_stat("p10"), lambda d: M.per_user(d)["p10"]),
-        "worst": (M.per_user_stat("worst"), lambda d: M.per_user(d)["worst"]),
-        "spearman": (M.spearman_stat(), M.user_support_spearman),
+        "std": (B.per_user_stat("std"), lambda d: M.per_user(d)["std"]),
+        "p10": (B.per_user_stat("p10"), lambda d: M.per_user(d)["p10"]),
+        "worst": (B.per_user_stat("worst"), lambda d: M.per_user(d)["worst"]),
+        "spearman": (B.spearman_stat(), M.user_support_spearman),
     }[stat_name]
-    fast_interval = M.bootstrap_by_user(df, fast, n=30, seed=3)
-    slow_interval = M.bootstrap_by_user(df, slow, n=30, seed=3)
+    fast_interval = B.bootstrap_by_user(df, fast, n=30, seed=3)
+    slow_interval = B.bootstrap_by_user(df, slow, n=30, seed=3)
     assert fast_interval == pytest.approx(slow_interval)
 
 
 def test_bootstrap_contains_estimate_and_is_degenerate_for_identical_users():
     df = random_frame(num_users=60)
-    point = M.accuracy_stat().point(df)
-    lo, hi = M.bootstrap_by_user(df, M.accuracy_stat(), n=300)
+    point = B.accuracy_stat().point(df)
+    lo, hi = B.bootstrap_by_user(df, B.accuracy_stat(), n=300)
     assert lo < point < hi
     identical = pd.DataFrame({"user_id": np.repeat(np.arange(10), 2),
                               "margin": [1.0, -1.0] * 10})
-    lo, hi = M.bootstrap_by_user(identical, M.accuracy_stat(), n=200)
+    lo, hi = B.bootstrap_by_user(identical, B.accuracy_stat(), n=200)
     assert lo == hi == 0.5
-    lo, hi = M.bootstrap_by_user(identical, M.per_user_stat("std"), n=200)
+    lo, hi = B.bootstrap_by_user(identical, B.per_user_stat("std"), n=200)
     assert lo == hi == 0.0
 
 
 def test_paired_difference(small):
     """Method b flips row 5 (wrong → correct): overall 5/8 - 4/8 = 0.125 for b - a.
     A method against itself: diff = lo = hi = 0 exactly."""
-    assert M.paired_difference(small, small, M.gap_stat("group", "minority", "majority"),
+    assert B.paired_difference(small, small, B.gap_stat("group", "minority", "majority"),
                                n=200) == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
     flipped = small.assign(margin=small["margin"].where(small["row_id"] != 5, 1.0))
-    result = M.paired_difference(flipped.sample(frac=1, random_state=0), small,
-                                 M.accuracy_stat(), n=200)
+    result = B.paired_difference(flipped.sample(frac=1, random_state=0), small,
+                                 B.accuracy_stat(), n=200)
     assert result["diff"] == pytest.approx(0.125)
     assert 0.0 <= result["lo"] <= result["diff"] <= result["hi"]
     with pytest.raises(ValueError, match="same rows"):
-        M.paired_difference(small.iloc[:7], small, M.accuracy_stat(), n=10)
+        B.paired_difference(small.iloc[:7], small, B.accuracy_stat(), n=10)
 
 
 def test_method_metrics_bundle(small):
-    result = M.method_metrics(small, groups=["minority", "majority"], bootstrap=200)
+    result = C.method_metrics(small, groups=["minority", "majority"], bootstrap=200)
     assert result["rows"] == 8 and result["users"] == 4
     assert result["ties"] == 1 and result["tie_rate"] == pytest.approx(0.125)
     assert result["overall"]["value"] == pytest.approx(0.5)
@@ -208,18 +210,18 @@ def test_method_metrics_bundle(small):
     assert result["spearman"]["value"] == pytest.approx(1.5 / np.sqrt(3))
     assert result["spearman"]["num_users"] == 3
     assert [b["count"] for b in result["bias_curve"]] == [1, 2, 0, 2, 3]
-    no_bootstrap = M.method_metrics(small, bootstrap=0)
+    no_bootstrap = C.method_metrics(small, bootstrap=0)
     assert no_bootstrap["overall"] == {"value": 0.5, "lo": None, "hi": None}
-    real_data = M.method_metrics(small.assign(user_type=None, seen=None), bootstrap=0)
+    real_data = C.method_metrics(small.assign(user_type=None, seen=None), bootstrap=0)
     assert set(real_data["by"]) == {"group"}  # all-missing optional columns count as absent
     with pytest.raises(ValueError, match="1 scored rows have no 'group'"):
-        M.method_metrics(small.assign(group=[None] + ["majority"] * 7), bootstrap=0)
+        C.method_metrics(small.assign(group=[None] + ["majority"] * 7), bootstrap=0)
 
 
 def test_compare_methods_keys_and_self_difference():
     df = random_frame()
     better = df.assign(margin=df["margin"] + 0.5)
-    result = M.compare_methods({"vanilla": df, "pafo": better, "copy": df.copy()},
+    result = C.compare_methods({"vanilla": df, "pafo": better, "copy": df.copy()},
                                bootstrap=100)
     assert set(result["methods"]) == {"vanilla", "pafo", "copy"}
     assert set(result["differences"]) == {"pafo", "copy"}
@@ -230,7 +232,7 @@ def test_compare_methods_keys_and_self_difference():
                                         "minority_per_user_std", "majority_per_user_std"}
     assert result["differences"]["pafo"]["overall_accuracy"]["diff"] > 0
     with pytest.raises(ValueError, match="reference method 'vanilla'"):
-        M.compare_methods({"pafo": df})
+        C.compare_methods({"pafo": df})
 
 
 def test_bootstrap_is_fast_on_50k_rows():
@@ -243,5 +245,5 @@ def test_bootstrap_is_fast_on_50k_rows():
                        "user_support": (users % 50) / 50.0,
                        "user_type": np.where(users < 120, "minority", "majority")})
     start = time.perf_counter()
-    M.method_metrics(df, bootstrap=1000)
+    C.method_metrics(df, bootstrap=1000)
     assert time.perf_counter() - start < 10.0

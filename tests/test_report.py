@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pafo_ray.metrics import compare_methods
+from pafo_ray.comparison import compare_methods
 from pafo_ray.report import number_interval, percent_interval, write_report
 
 

@@ -67,7 +67,7 @@ def method_frames(scored: pd.DataFrame, users: pd.DataFrame, models: dict) -> di
 def run(ctx: StageContext) -> dict:
     import pyarrow.parquet as pq
 
-    from pafo_ray.metrics import compare_methods
+    from pafo_ray.comparison import compare_methods
     from pafo_ray.report import write_report
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
