@@ -22,13 +22,15 @@ DSP_FILE = SHARED / "data" / "dsp" / "dsp_dev.json"
 def ray_session():
     import ray
 
+    from pafo_ray import ray_session
     from pafo_ray.config import RayConfig
-    from pafo_ray.ray_session import init_ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024 * 1024)
-    init_ray(RayConfig(progress_bars=False))
+        # As init_ray does for a Ray it starts: shuffles sized to the real cores.
+        ray_session._LOCAL_CORES = min(4, os.cpu_count() or 1)
+    ray_session.init_ray(RayConfig(progress_bars=False))
     yield ray
     ray.shutdown()
 
