@@ -94,6 +94,14 @@ def test_every_row_lands_once_and_prompts_stay_in_one_split(ray_session, tmp_pat
     majority = users[users["group"] == "majority"]["user_support"]
     assert minority.max() <= majority.min()
     assert 0.1 <= len(minority) / users["user_support"].notna().sum() <= 0.35
+    # The summary's counts (from per-user partials, no pass over the output) match the output.
+    written = out.groupby(["split", "group"]).size()
+    for (split, group), n in written.items():
+        if split != "set_aside":
+            assert summary["groups"][split][group] == n, (split, group)
+    assert sum(sum(g.values()) for g in summary["groups"].values()) == (out["split"] != "set_aside").sum()
+    assert summary["users_by_group"] == users["group"].value_counts().to_dict()
+    assert sum(summary["support_histogram"]["counts"]) == (out["split"] != "set_aside").sum()
 
 
 BAD = pd.DataFrame({

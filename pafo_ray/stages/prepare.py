@@ -6,7 +6,8 @@ Every vote on a comparison lands in one hash partition, so the support rate is a
 pyarrow/numpy group-by there: no data is collected to the driver. Row-level groups are
 assigned in the same pass. User-level groups need each user's mean training support
 first: the support pass writes ``_support/``, narrow per-block user aggregates come to the
-driver (users, not rows), and a second pass assigns groups. Output:
+driver (users, not rows), and a second pass assigns groups. The same aggregates carry each
+block's counts, so the summary needs no extra pass over the output. Output:
 
     prepare/data/split={train,val,test}/group=<group>/*.parquet
     prepare/data/split=set_aside/group=<reason>/*.parquet   (nothing is dropped)
@@ -89,27 +90,57 @@ def _user_table(ref) -> pd.DataFrame:
     return _USER_TABLES[key]
 
 
-def _user_partials(batch: pa.Table) -> pa.Table:
-    """Per-block sums by user: rows, training rows, training support (few-rater rows excluded)."""
-    frame = batch.to_pandas()
-    frame = frame[frame["set_aside_reason"] == ""]
-    train = (frame["split"] == "train") & ~frame["few_raters"]
-    frame = frame.assign(train_rows=train.astype(np.int64),
-                         train_support=np.where(train, frame["support_rate"], 0.0), rows=1)
-    out = frame.groupby("user_id", sort=False)[["rows", "train_rows", "train_support"]].sum()
-    return pa.Table.from_pandas(out.reset_index(), preserve_index=False)
+SPLITS = ("train", "val", "test")
+USER_SUMS = ["rows", "train_rows", "train_support"] + [f"rows_{s}" for s in SPLITS]
+_PARTIAL_COLUMNS = ["user_id", "split", "support_rate", "set_aside_reason", "few_raters",
+                    "first_of_comparison"]
 
 
-def _block_stats(batch: pa.Table) -> pa.Table:
+def _partials(batch: pa.Table) -> pa.Table:
+    """One pass over a block, two kinds of partial sums.
+
+    Per user (kept rows only): ``rows``, ``rows_<split>``, ``train_rows`` and
+    ``train_support`` (few-rater rows left out of the support). Plus one row whose
+    ``user_id`` is empty (never a kept row's: blank ids are set aside) and whose ``stats``
+    holds the block's counts as JSON: rows by (split, group) — when the rows carry no group
+    yet (user level, before labelling) only the set-aside rows, by reason, since a kept
+    row's group is its user's —, the support histogram, first rows of comparisons per split
+    and few-rater rows.
+    """
     frame = batch.to_pandas()
-    counts = frame.groupby(["split", "group"]).size()
-    valid = frame[frame["split"] != "set_aside"]
+    bad = frame["set_aside_reason"] != ""
+    valid = frame[~bad]
+    train = (valid["split"] == "train") & ~valid["few_raters"]
+    sums = valid.assign(rows=1, train_rows=train.astype(np.int64),
+                        train_support=np.where(train, valid["support_rate"], 0.0),
+                        **{f"rows_{s}": (valid["split"] == s).astype(np.int64) for s in SPLITS})
+    out = sums.groupby("user_id", sort=False)[USER_SUMS].sum().reset_index()
+    if "group" in frame:
+        counts = [[s, g, int(n)] for (s, g), n in frame.groupby(["split", "group"]).size().items()]
+    else:
+        counts = [["set_aside", r, int(n)]
+                  for r, n in frame[bad].groupby("set_aside_reason").size().items()]
     hist = np.histogram(valid["support_rate"].to_numpy(np.float64), bins=10, range=(0.0, 1.0))[0]
     comparisons = valid.groupby("split")["first_of_comparison"].sum()
-    return pa.table({"counts": [json.dumps([[s, g, int(n)] for (s, g), n in counts.items()])],
-                     "hist": [hist.tolist()],
-                     "comparisons": [json.dumps({s: int(n) for s, n in comparisons.items()})],
-                     "few_raters": [int(valid["few_raters"].sum())]})
+    stats = {"counts": counts, "hist": hist.tolist(),
+             "comparisons": {s: int(n) for s, n in comparisons.items()},
+             "few_raters": int(valid["few_raters"].sum())}
+    out["stats"] = ""
+    row = pd.DataFrame([{"user_id": "", **{c: 0 for c in USER_SUMS}, "stats": json.dumps(stats)}])
+    out = pd.concat([out, row], ignore_index=True).astype({"user_id": str})
+    return pa.Table.from_pandas(out, preserve_index=False)
+
+
+def _collect(ds) -> tuple[pd.DataFrame, list]:
+    """Users (indexed by id, with ``user_support``) and the blocks' stats from one pass."""
+    partials = ds.map_batches(_partials, batch_format="pyarrow", batch_size=None).to_pandas()
+    is_stats = partials["user_id"] == ""
+    blocks = [json.loads(text) for text in partials.loc[is_stats, "stats"]]
+    users = partials[~is_stats].groupby("user_id")[USER_SUMS].sum()
+    users["user_support"] = np.where(users["train_rows"] > 0,
+                                     users["train_support"] / users["train_rows"].clip(lower=1),
+                                     np.nan)
+    return users, blocks
 
 
 def run(ctx: StageContext) -> dict:
@@ -141,12 +172,14 @@ def run(ctx: StageContext) -> dict:
         if prep.group_level == "row":
             ds.map_batches(_label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
                            ).write_parquet(data_uri, partition_cols=["split", "group"])
-            users = _collect_users(ray.data.read_parquet(data_uri).select_columns(_USER_COLUMNS))
+            users, blocks = _collect(ray.data.read_parquet(data_uri).select_columns(
+                _PARTIAL_COLUMNS + ["group"]))
             users["group"] = None
         else:
             support_uri = run_dir.uri(NAME, "_support")
             ds.write_parquet(support_uri)
-            users = _collect_users(ray.data.read_parquet(support_uri).select_columns(_USER_COLUMNS))
+            users, blocks = _collect(ray.data.read_parquet(support_uri).select_columns(
+                _PARTIAL_COLUMNS))
             cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
             users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
             ref = ray.put(users[["user_support", "group"]])
@@ -159,35 +192,26 @@ def run(ctx: StageContext) -> dict:
         raise _unwrap(exc) from None
     users_out = users.reset_index()
     run_dir.write_bytes(_parquet_bytes(users_out), NAME, "users.parquet")
-    stats = ray.data.read_parquet(data_uri).select_columns(
-        ["split", "group", "support_rate", "first_of_comparison", "few_raters"])
-    summary = _summarise(stats.map_batches(_block_stats, batch_format="pyarrow",
-                                           batch_size=None).to_pandas(), users, prep, names)
+    summary = _summarise(blocks, users, prep, names)
     summary["partitions"] = partitions
     summary["input_files"] = len({c["path"] for c in chunks})
     return summary
 
 
-_USER_COLUMNS = ["user_id", "split", "support_rate", "set_aside_reason", "few_raters"]
-
-
-def _collect_users(narrow) -> pd.DataFrame:
-    partials = narrow.map_batches(_user_partials, batch_format="pyarrow", batch_size=None).to_pandas()
-    users = partials.groupby("user_id").sum()
-    users["user_support"] = np.where(users["train_rows"] > 0,
-                                     users["train_support"] / users["train_rows"].clip(lower=1),
-                                     np.nan)
-    return users
-
-
-def _summarise(stats: pd.DataFrame, users: pd.DataFrame, prep, names) -> dict:
+def _summarise(blocks: list, users: pd.DataFrame, prep, names) -> dict:
     counts: dict = {}
-    for text in stats["counts"]:
-        for split, group, value in json.loads(text):
+    for block in blocks:
+        for split, group, value in block["counts"]:
             counts[(split, group)] = counts.get((split, group), 0) + value
+    if prep.group_level == "user":  # a kept row's group is its user's
+        for group in names:
+            of_group = users[users["group"] == group]
+            for split in SPLITS:
+                if int(of_group[f"rows_{split}"].sum()):
+                    counts[(split, group)] = int(of_group[f"rows_{split}"].sum())
     comparisons: dict = {}
-    for text in stats["comparisons"]:
-        for key, value in json.loads(text).items():
+    for block in blocks:
+        for key, value in block["comparisons"].items():
             comparisons[key] = comparisons.get(key, 0) + int(value)
     by_split: dict = {}
     set_aside: dict = {}
@@ -196,14 +220,14 @@ def _summarise(stats: pd.DataFrame, users: pd.DataFrame, prep, names) -> dict:
             set_aside[group] = set_aside.get(group, 0) + value
         else:
             by_split.setdefault(split, {})[group] = value
-    hist = np.sum(np.stack([np.asarray(h) for h in stats["hist"]]), axis=0).tolist()
+    hist = np.sum(np.stack([np.asarray(b["hist"]) for b in blocks]), axis=0).tolist()
     summary = {
         "rows": int(sum(counts.values())),
         "rows_kept": int(sum(sum(g.values()) for g in by_split.values())),
         "set_aside": set_aside, "rows_set_aside": int(sum(set_aside.values())),
         "groups": by_split, "group_names": names, "group_level": prep.group_level,
         "comparisons": comparisons,
-        "few_rater_rows": int(stats["few_raters"].sum()), "few_raters_policy": prep.few_raters_policy,
+        "few_rater_rows": int(sum(b["few_raters"] for b in blocks)), "few_raters_policy": prep.few_raters_policy,
         "support_histogram": {"edges": np.linspace(0, 1, 11).round(2).tolist(), "counts": hist},
         "users": int(len(users)),
         "users_with_one_training_row": int((users["train_rows"] == 1).sum()),
