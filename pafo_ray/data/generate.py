@@ -7,7 +7,7 @@ attribute, drawn from a phrase bank per (attribute, level), after a neutral sent
 the prompt's topic, so that a bag-of-words encoder can recover ``a``. The responses of one
 prompt have distinct attribute vectors, hence distinct texts.
 
-Users (:func:`pafo_ray.data.convert.sample_population`): ``w_u = s_t ⊙ Dirichlet(c · p_t)``
+Users (:func:`pafo_ray.data.simulate.sample_population`): ``w_u = s_t ⊙ Dirichlet(c · p_t)``
 for their type t (majority or minority), modes that order many pairs differently; utility
 ``u(user, response) = w_u · a``. Each comparison (prompt, unordered pair) is rated by
 ``raters_train`` (train) or ``raters_eval`` (val/test) distinct users drawn uniformly; the
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pafo_ray.config import GeneratorConfig
-from pafo_ray.data import convert as simulate
+from pafo_ray.data import simulate
 
 ATTRIBUTES = ("formality", "humour", "detail", "caution", "empathy", "technicality",
               "enthusiasm", "structure")
