@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DSP = REPO.parent / "shared" / "data" / "dsp" / "dsp_dev.json"
+DEFAULT_OUT = "bench_out/quality"
 METHODS = ["vanilla", "reweight", "groupdro", "fairness_penalty", "pafo_default", "pafo"]
 
 # Many users with ~10 training rows each, 2 raters per training comparison, 10 per
@@ -181,11 +183,11 @@ def plot(table: dict, out: Path, runs: list = ()) -> list:
     for dataset, methods in table.items():
         fig = Figure(figsize=(11, 4.5))
         ax, front_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for i, (method, rows) in enumerate(methods.items()):
+        for method, rows in methods.items():
             x, y = _mean(rows, "majority"), _mean(rows, "minority")
             if x is None or y is None:
                 continue
-            color = f"C{i}"
+            color = _color(method)
             ax.scatter([100 * r["majority"] for r in rows], [100 * r["minority"] for r in rows],
                        s=12, color=color, alpha=0.45)
             ax.scatter([100 * x], [100 * y], s=90, color=color,
@@ -208,6 +210,11 @@ def plot(table: dict, out: Path, runs: list = ()) -> list:
     return paths
 
 
+def _color(method: str) -> str:
+    """One colour per method in both panels."""
+    return f"C{METHODS.index(method)}" if method in METHODS else "k"
+
+
 def _plot_front(ax, run: dict) -> None:
     from tuning.pareto import OBJECTIVES
 
@@ -227,7 +234,8 @@ def _plot_front(ax, run: dict) -> None:
                    zorder=5, label="chosen (pafo)")
     for name, point in (tune.get("baselines") or {}).items():
         if point and None not in point:
-            ax.scatter([100 * point[0]], [100 * point[1]], marker="s", s=40, label=name)
+            ax.scatter([100 * point[0]], [100 * point[1]], marker="s", s=40, label=name,
+                       color=_color(name))
     ax.set_xlabel("validation majority-group accuracy (%)")
     ax.set_ylabel("validation minority-group accuracy (%)")
     ax.set_title(f"seed {run['seed']}: the search on validation (support groups)")
@@ -243,12 +251,14 @@ def main(argv=None) -> int:
                         choices=sorted(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=24, help="Tune trials per run")
-    parser.add_argument("--out", default="bench_out/quality")
+    parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 seed (CI)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if args.smoke:
+    if args.smoke:  # its own folder: never mixed with (or overwriting) a real suite's runs
         args.datasets, args.seeds, args.trials = ["builtin-80"], [0], 2
+        if args.out == DEFAULT_OUT:
+            args.out = DEFAULT_OUT + "-smoke"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from pafo_ray.config import RayConfig
@@ -257,7 +267,7 @@ def main(argv=None) -> int:
     init_ray(RayConfig(progress_bars=False))
     runs = [run_one(d, s, args.trials, out, args.smoke) for d in args.datasets for s in args.seeds]
     table = summarise(runs)
-    command = "python -m benchmarks.quality " + " ".join(argv or [])
+    command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(table, runs, command.strip())
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps({"table": table, "runs": [
