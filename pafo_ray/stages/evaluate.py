@@ -65,16 +65,14 @@ def method_frames(scored: pd.DataFrame, users: pd.DataFrame, models: dict) -> di
 
 
 def run(ctx: StageContext) -> dict:
-    import pyarrow.parquet as pq
-
     from pafo_ray.comparison import compare_methods
     from pafo_ray.report import write_report
+    from pafo_ray.stages.groups import read_users
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     models = method_models(ctx)
     scored = score_split(ctx, models, cfg.evaluate.split)
-    with run_dir.fs.open_input_file(run_dir.fs_path("prepare", "users.parquet")) as fh:
-        users = pq.read_table(fh).to_pandas()
+    users = read_users(run_dir)
     frames = method_frames(scored, users, models)
     metrics = compare_methods(frames, reference="vanilla", buckets=cfg.evaluate.support_buckets,
                               bootstrap=cfg.evaluate.bootstrap, seed=cfg.run.seed)
@@ -101,7 +99,10 @@ def _notes(ctx: StageContext, unknown: int, rows: int) -> list:
     distill = run_dir.read_json("distill", "summary.json")
     notes.append(f"pafo student weights from {distill['origin']}: {distill['settings']}")
     prepare = run_dir.read_json("prepare", "summary.json")
-    notes.append(f"groups by {prepare['group_level']} support; rows set aside in prepare: "
+    groups = run_dir.read_json("groups", "summary.json")
+    moved = (f", {groups['users_moved']} users moved from their support group"
+             if "users_moved" in groups else "")
+    notes.append(f"groups: {groups['how']}{moved}; rows set aside in prepare: "
                  f"{prepare['rows_set_aside']} {prepare['set_aside']}")
     if unknown:
         notes.append(f"{unknown} of {rows} test rows came from users unseen in training "

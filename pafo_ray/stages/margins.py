@@ -36,14 +36,11 @@ def _add_user_group(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
 
 
 def user_groups(run_dir, cfg) -> pd.Series:
-    """Each user's support group: prepare's when grouping by user, else by quantile."""
-    import pyarrow.parquet as pq
-
+    """Each user's group: the groups stage's when grouping by user, else by support quantile."""
     from pafo_ray.data import support as support_lib
+    from pafo_ray.stages.groups import read_users
 
-    with run_dir.fs.open_input_file(run_dir.fs_path("prepare", "users.parquet")) as fh:
-        users = pq.read_table(fh).to_pandas()
-    users["user_id"] = users["user_id"].astype(str)
+    users = read_users(run_dir)
     names = J.names(cfg)
     if cfg.prepare.group_level != "user":
         cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), cfg.prepare.user_quantile)

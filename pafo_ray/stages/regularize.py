@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> dict:
     grid = []
     for weight_decay, shrinkage in itertools.product(cfg.train.weight_decay_grid,
                                                      cfg.train.user_shrinkage_grid):
-        metrics = train_vanilla(cfg, weight_decay=weight_decay, user_shrinkage=shrinkage)
+        _, metrics = train_vanilla(cfg, weight_decay=weight_decay, user_shrinkage=shrinkage)
         grid.append({"weight_decay": weight_decay, "user_shrinkage": shrinkage,
                      "val_accuracy": metrics["val_accuracy"]})
     best = max(grid, key=lambda g: (g["val_accuracy"], g["user_shrinkage"], g["weight_decay"]))

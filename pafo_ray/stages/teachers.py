@@ -22,7 +22,7 @@ from pafo_ray.train.ray_train import TrainJob, run_jobs
 from pafo_ray.train.targets import FINETUNED
 
 NAME = "teachers"
-DEPENDS = ["prepare", "embed", "regularize"]
+DEPENDS = ["groups", "embed", "regularize"]
 SECTIONS = ("model", "train", "teachers")
 
 
@@ -86,7 +86,7 @@ def teacher_names(cfg) -> list:
 
 
 def _val_uris(run_dir, group: str, counts: dict) -> list:
-    summary = run_dir.read_json("prepare", "summary.json")
+    summary = run_dir.read_json("groups", "summary.json")
     if summary["groups"].get("val", {}).get(group, 0) > 0:
         return J.rows_uris(run_dir, "val", [group])
     return J.rows_uris(run_dir, "val")  # no validation rows of this group: validate on all

@@ -45,7 +45,7 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
     if cfg.model.mode != "frozen":
         raise ValueError("in-process students need model.mode=frozen (finetune trains in Ray Train)")
     train = read_frame(run_dir.uri("margins", "rows", "split=train"))
-    val = read_frame(run_dir.uri("prepare", "data", "split=val"))
+    val = read_frame(run_dir.uri("groups", "data", "split=val"))
     return StudentData(train=train, val=val, users=load_users(run_dir),
                        teacher_stats=run_dir.read_json("margins", "teacher_stats.json"),
                        cache=read_cache(run_dir.uri("embed", "cache")))
@@ -78,8 +78,13 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     return model, metrics
 
 
-def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: float) -> dict:
-    """Vanilla (BT on all training rows) in-process; returns its validation metrics."""
+def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: float,
+                  model_cfg=None) -> tuple:
+    """Vanilla (BT on all prepared training rows) in-process on the embedding cache.
+
+    ``model_cfg`` replaces ``cfg.model`` (the groups stage fits a lowrank head whatever the
+    run's head is). Returns ``(model, validation metrics)``.
+    """
     import dataclasses
 
     import torch
@@ -94,7 +99,8 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
     cache = read_cache(run_dir.uri("embed", "cache"))
     names = J.names(cfg)
     torch.manual_seed(cfg.run.seed)
-    model_cfg = dataclasses.replace(cfg.model, user_shrinkage=user_shrinkage)
+    model_cfg = dataclasses.replace(model_cfg or cfg.model, mode="frozen",
+                                    user_shrinkage=user_shrinkage)
     model = RewardModel.from_config(model_cfg, load_users(run_dir),
                                     input_dim=int(cache.vectors.shape[1]))
     umap = user_map(model.user_ids)
@@ -103,6 +109,7 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
     val = build_rows(read_frame(run_dir.uri("prepare", "data", "split=val")), users=umap,
                      group_names=names, cache=cache)
     objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})
-    return fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
-               batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,
-               group_names=names, cache=cache, seed=cfg.run.seed)
+    metrics = fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
+                  batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,
+                  group_names=names, cache=cache, seed=cfg.run.seed)
+    return model, metrics

@@ -30,14 +30,15 @@ def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
 
 
 def rows_uris(run_dir: RunDir, split: str, groups: list | None = None) -> list:
-    """Parquet folders of prepared rows of a split (optionally only some groups)."""
+    """Parquet folders of the grouped rows of a split (optionally only some groups): the
+    ``groups`` stage's output, which every model stage reads."""
     if groups is None:
-        return [run_dir.uri("prepare", "data", f"split={split}")]
-    return [run_dir.uri("prepare", "data", f"split={split}", f"group={g}") for g in groups]
+        return [run_dir.uri("groups", "data", f"split={split}")]
+    return [run_dir.uri("groups", "data", f"split={split}", f"group={g}") for g in groups]
 
 
 def train_row_counts(run_dir: RunDir) -> dict:
-    summary = run_dir.read_json("prepare", "summary.json")
+    summary = run_dir.read_json("groups", "summary.json")
     return {g: int(n) for g, n in summary["groups"].get("train", {}).items()}
 
 

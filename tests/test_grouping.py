@@ -1,0 +1,174 @@
+"""The mixture grouping (pafo_ray.grouping) on hand-made numbers and planted populations, and the
+``groups`` stage on real Ray: every row once, each row in its user's group, counts that add up."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pafo_ray.grouping import fit_population, mixture_groups
+
+
+def test_fit_population_solves_the_ridge_logistic_optimum():
+    """One row x = [2], l2 = 0.1: the optimum of log(1 + e^{-2g}) + 0.1 g² solves
+    -2 (1 - σ(2g)) + 0.2 g = 0. Checked against bisection on that equation."""
+    g = float(fit_population(torch.tensor([[2.0]]), l2=0.1)[0])
+
+    def grad(v):
+        return -2 * (1 - 1 / (1 + math.exp(-2 * v))) + 0.2 * v
+
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if grad(mid) < 0 else (lo, mid)
+    assert g == pytest.approx(lo, abs=1e-8)
+    assert 1.0 < g < 2.5  # sanity: σ(2g) is large but the ridge keeps g finite
+
+
+def test_fit_population_balances_opposite_rows_and_rejects_bad_l2():
+    # x and -x in equal numbers: the labels cancel, the optimum is 0.
+    x = torch.tensor([[1.0, 2.0], [-1.0, -2.0]])
+    assert torch.allclose(fit_population(x, l2=1e-3), torch.zeros(2, dtype=torch.float64),
+                          atol=1e-10)
+    assert torch.equal(fit_population(torch.zeros(0, 3), l2=0.1), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="groups.l2"):
+        fit_population(x, l2=0.0)
+
+
+def planted(num_users=300, minority=60, rows_per_user=12, k=4, seed=0):
+    """Two populations with opposite preferences on the first base reward; labels
+    deterministic from the user's type (x oriented so that the chosen side wins)."""
+    gen = torch.Generator().manual_seed(seed)
+    g_major = torch.tensor([2.0, 1.0, 0.0, 0.0])
+    g_minor = torch.tensor([-2.0, 1.0, 0.0, 0.0])
+    is_minority = torch.zeros(num_users, dtype=torch.bool)
+    is_minority[torch.randperm(num_users, generator=gen)[:minority]] = True
+    user_index = torch.arange(num_users).repeat_interleave(rows_per_user)
+    x = torch.randn(len(user_index), k, generator=gen)
+    g = torch.where(is_minority[user_index, None], g_minor, g_major)
+    x = x * torch.sign((x * g).sum(-1, keepdim=True))
+    return x, user_index, is_minority
+
+
+def test_mixture_recovers_planted_types_from_noisy_starting_groups():
+    x, user_index, is_minority = planted()
+    gen = torch.Generator().manual_seed(1)
+    # Start like a noisy support rate: 40% of the minority group are in fact majority users.
+    initial = torch.ones(len(is_minority), dtype=torch.long)
+    minority_users = torch.nonzero(is_minority).squeeze(1)
+    majority_users = torch.nonzero(~is_minority).squeeze(1)
+    initial[minority_users[:36]] = 0
+    initial[majority_users[torch.randperm(len(majority_users), generator=gen)[:24]]] = 0
+    assert int((initial == 0).sum()) == 60
+    start_precision = float(is_minority[initial == 0].float().mean())
+    assert start_precision == pytest.approx(0.6)
+
+    result = mixture_groups(x, user_index, initial, iterations=2, l2=1e-3)
+    assert int((result.groups == 0).sum()) == 60  # sizes kept
+    precision = float(is_minority[result.groups == 0].float().mean())
+    assert precision >= 0.95
+    assert result.moved[0] >= 20
+    # The fitted populations point the planted ways on the first base reward.
+    assert result.populations[0, 0] < 0 < result.populations[1, 0]
+    assert torch.isfinite(result.score).all()
+    # Here the types separate cleanly: every user ends in its more likely group.
+    assert (result.score >= 0).all()
+
+
+def test_users_without_rows_keep_their_group_and_zero_rounds_change_nothing():
+    x, user_index, is_minority = planted(num_users=50, minority=10)
+    initial = (~is_minority).long()
+    initial = torch.cat([initial, torch.tensor([1, 0])])  # two users with no rows at all
+    result = mixture_groups(x, user_index, initial, iterations=3)
+    assert result.groups[-2:].tolist() == [1, 0]
+    assert math.isnan(float(result.score[-1]))
+    same = mixture_groups(x, user_index, initial, iterations=0)
+    assert torch.equal(same.groups, initial) and same.moved == []
+    with pytest.raises(ValueError, match="user_index"):
+        mixture_groups(x, user_index + 100, initial)
+
+
+def test_three_groups_take_the_most_likely_population():
+    """With three groups (no sizes kept) each planted type gathers in one group of its own."""
+    x, user_index, is_minority = planted(num_users=120, minority=40)
+    initial = torch.where(is_minority, 0, 2)
+    initial[::7] = 1  # a third group seeded with a mix of both types
+    result = mixture_groups(x, user_index, initial, iterations=3)
+    minority_mode = torch.mode(result.groups[is_minority]).values
+    majority_mode = torch.mode(result.groups[~is_minority]).values
+    assert minority_mode != majority_mode
+    assert float((result.groups[is_minority] == minority_mode).float().mean()) >= 0.9
+    assert float((result.groups[~is_minority] == majority_mode).float().mean()) >= 0.9
+
+
+# --------------------------------------------------------------------- the stage on Ray
+
+
+@pytest.fixture(scope="module")
+def grouped(ray_session, tmp_path_factory):
+    from conftest import small_overrides
+
+    from pafo_ray.config import load_config
+    from pafo_ray.stages.base import StageContext, run_pipeline
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("groups")
+    overrides = small_overrides(tmp, **{"data.generator.num_users": 80,
+                                        "data.generator.num_prompts": 60,
+                                        "data.generator.raters_train": 2,
+                                        "data.generator.label_beta": "null",
+                                        "train.epochs": 10, "train.lr": 0.03})
+    ctx = StageContext.create(load_config(None, overrides))
+    run_pipeline(ctx, ["input", "prepare", "embed", "regularize", "groups"])
+    support = StageContext.create(load_config(None, overrides + [
+        "groups.method=support", "run.run_name=support"]))
+    run_pipeline(support, ["input", "prepare", "embed", "regularize", "groups"])
+    return ctx, support
+
+
+def _rows(run_dir, stage):
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(run_dir.uri(stage, "data"), format="parquet",
+                         partitioning="hive").to_table().to_pandas()
+    return table[table["split"].isin(["train", "val", "test"])]
+
+
+@pytest.mark.ray
+def test_groups_stage_keeps_every_row_once_in_its_users_group(grouped):
+    from pafo_ray.stages.groups import read_users
+
+    ctx, _ = grouped
+    prepared, rows = _rows(ctx.run_dir, "prepare"), _rows(ctx.run_dir, "groups")
+    assert sorted(rows["row_id"]) == sorted(prepared["row_id"])
+    users = read_users(ctx.run_dir).set_index("user_id")
+    mapped = users["group"].reindex(rows["user_id"].astype(str)).to_numpy()
+    assert (rows["group"].astype(str).to_numpy() == mapped).all()
+    summary = ctx.run_dir.read_json("groups", "summary.json")
+    counts = rows.groupby(["split", "group"]).size()
+    for split, groups in summary["groups"].items():
+        for group, n in groups.items():
+            assert counts[(split, group)] == n
+    # Sizes kept: the lowest group has as many users as prepare's quantile gave it.
+    assert summary["users_by_group"]["minority"] == int((users["support_group"] == "minority").sum())
+    assert summary["users_moved"] == int((users["group"] != users["support_group"]).sum())
+    share = summary["user_types"]["minority_type_share"]
+    assert set(share) == {"support_group", "group"}
+
+
+@pytest.mark.ray
+def test_support_method_keeps_prepares_groups(grouped):
+    from pafo_ray.stages.groups import read_users
+
+    _, support = grouped
+    users = read_users(support.run_dir)
+    assert (users["group"] == users["support_group"]).all()
+    rows = _rows(support.run_dir, "groups")
+    prepared = _rows(support.run_dir, "prepare").set_index("row_id")
+    assert (rows.set_index("row_id")["group"].astype(str)
+            == prepared.loc[rows["row_id"], "group"].astype(str).to_numpy()).all()
+    assert "users_moved" in support.run_dir.read_json("groups", "summary.json")
+    assert np.isnan(users["mixture_score"]).all()
