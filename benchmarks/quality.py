@@ -1,6 +1,6 @@
 """Fairness quality: pafo vs vanilla and the baselines, on the biased regime of DESIGN §6.
 
-    python -m benchmarks.quality [--datasets builtin-80 dsp] [--seeds 0 1 2] [--trials 24]
+    python -m benchmarks.quality [--datasets builtin-80 dsp] [--seeds 0 1 2] [--trials 48]
     python -m benchmarks.quality --smoke
 
 Each (dataset, seed) is one real pipeline run (Ray Data prepare/embed/margins/evaluate,
@@ -68,9 +68,12 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool) -> dic
         else json.loads(Path(ctx.run_dir.local_dir("evaluate", "metrics.json")).read_text())
     tune = ctx.run_dir.read_json("tune", "summary.json") if trials else {}
     keep = ("trials", "front", "chosen", "closest", "baselines", "met_constraint", "threshold")
+    groups = ctx.run_dir.read_json("groups", "summary.json")
+    share = (groups.get("user_types") or {}).get("minority_type_share", {})
     return {"dataset": dataset, "seed": seed, "seconds": round(time.time() - began, 1),
             "metrics": metrics, "chosen": tune.get("chosen"), "tune_message": tune.get("message"),
-            "tune": {k: tune.get(k) for k in keep}, "run": str(ctx.run_dir.root)}
+            "tune": {k: tune.get(k) for k in keep}, "run": str(ctx.run_dir.root),
+            "purity": {k: v.get("minority") for k, v in share.items()}}
 
 
 def _value(metrics: dict, method: str, by: str, group: str):
@@ -119,6 +122,23 @@ def _pct(x, signed=False):
     return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
+def verdict(methods: dict) -> str:
+    """The bar of the fairness issue on this dataset's means: pafo closes ≥ half of vanilla's
+    type gap, keeps majority-type accuracy within 0.5 points, and no baseline dominates it."""
+    if "pafo" not in methods or "vanilla" not in methods:
+        return "bar: – (no pafo or vanilla)"
+    point = {m: (_mean(rows, "minority"), _mean(rows, "majority")) for m, rows in methods.items()}
+    (pmin, pmaj), (vmin, vmaj) = point["pafo"], point["vanilla"]
+    gap, vgap = pmaj - pmin, vmaj - vmin
+    closed = (vgap - gap) / vgap if vgap > 0 else float("nan")
+    dominated = [m for m, (a, b) in point.items() if m not in ("pafo", "pafo_default")
+                 and a >= pmin and b >= pmaj and (a > pmin or b > pmaj)]
+    met = closed >= 0.5 and pmaj >= vmaj - 0.005 and not dominated
+    return (f"bar ({'met' if met else 'not met'}): pafo closes {100 * closed:.0f}% of vanilla's gap "
+            f"(≥ 50% asked), majority-type {100 * (pmaj - vmaj):+.1f} points (≥ −0.5 asked), "
+            f"dominated by {', '.join(dominated) if dominated else 'no baseline'} (mean of seeds).")
+
+
 def render(table: dict, runs: list, command: str) -> str:
     lines = ["# Fairness quality (biased regime, test split, mean over seeds)", "",
              f"Command: `{command}`", "",
@@ -156,16 +176,20 @@ def render(table: dict, runs: list, command: str) -> str:
                 f"{closed} | {delta(dmin) if method != 'vanilla' else '–'} | "
                 f"{delta(dmaj) if method != 'vanilla' else '–'} | {_pct(_mean(rows, 'per_user_std'))} | "
                 f"{_pct(_mean(rows, 'worst_p10'))} |")
-        lines.append("")
-    lines += ["## Runs: the search on validation (support groups, majority / minority %)", "",
-              "| dataset | seed | seconds | vanilla | chosen | front size | pafo weights (tune pick) |",
-              "|---|---|---|---|---|---|---|"]
+        lines += ["", verdict(methods), ""]
+    lines += ["## Runs: the groups and the search on validation (groups, majority / minority %)", "",
+              "`purity` = share of minority-type users in the lowest group: by rater support "
+              "(prepare) → after the mixture (groups stage).", "",
+              "| dataset | seed | seconds | purity | vanilla | chosen | front size | pafo weights (tune pick) |",
+              "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         chosen = run.get("chosen") or {}
         tune = run.get("tune") or {}
         pick = json.dumps(chosen.get("params")) if chosen else (run.get("tune_message") or "default")
         van = (tune.get("baselines") or {}).get("vanilla") or [None, None]
+        purity = run.get("purity") or {}
         lines.append(f"| {run['dataset']} | {run['seed']} | {run['seconds']} | "
+                     f"{_pct(purity.get('support_group'))} → {_pct(purity.get('group'))} | "
                      f"{_pct(van[0])} / {_pct(van[1])} | "
                      f"{_pct(chosen.get('val_majority_accuracy'))} / "
                      f"{_pct(chosen.get('val_minority_accuracy'))} | "
@@ -250,7 +274,7 @@ def main(argv=None) -> int:
                                                           "builtin-95", "dsp"],
                         choices=sorted(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=24, help="Tune trials per run")
+    parser.add_argument("--trials", type=int, default=48, help="Tune trials per run")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 seed (CI)")
     args = parser.parse_args(argv)

@@ -185,6 +185,9 @@ class MarginsConfig:
     batch_size: int = _f(1024, "Rows per scoring batch.")
     num_actors: int = _f(1, "Actors per teacher pool.")
     num_gpus_per_actor: float = _f(0.0, "GPUs per scoring actor.")
+    extra_pairs_per_user: int = _f(
+        40, "Unlabelled comparisons per user (training comparisons the user did not rate) "
+        "scored by the user's group teacher, for distill.extra_pairs (0: none).")
 
 
 @dataclass
@@ -203,6 +206,12 @@ class DistillConfig:
     teacher_init: Literal["auto", "scratch", "vanilla"] = _f(
         "auto", "Which teachers' margins to distil: those teachers.init trained (auto), or, "
         "with teachers.init=both, the scratch or the vanilla-initialised set.")
+    extra_pairs: int = _f(
+        20, "About this many unlabelled comparisons per user (of margins.extra_pairs_per_user) "
+        "carry the group teacher's margin to the student: distillation only, its gradient "
+        "reaching the user's offset alone (the shared W and g stay with the labelled rows).")
+    extra_users: Literal["all", "minority"] = _f(
+        "all", "Users whose unlabelled comparisons are distilled: all, or the lowest group's.")
     use_tuned: bool = _f(True, "Take the weights of the tune stage's chosen trial when it exists.")
 
 

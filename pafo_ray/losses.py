@@ -118,11 +118,15 @@ def pafo_student_loss(
     kind: DistillKind = "mse",
     temperature: float = 1.0,
     clip: float | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PAFO student objective on one batch.
 
-    ``L = Σ_i w_i [BT(s_i) + λ · mask_i · D(s_i, t_i)] / Σ_i w_i``
-    ``  = bt + λ · distill`` with ``bt = Σ w BT / Σ w`` and ``distill = Σ w mask D / Σ w``.
+    ``L = Σ_i w_i [l_i · BT(s_i) + λ · mask_i · D(s_i, t_i)] / Σ_i w_i``
+    ``  = bt + λ · distill`` with ``bt = Σ w l BT / Σ w`` and ``distill = Σ w mask D / Σ w``.
+    ``l_i`` (``label_mask``, default all 1) is 0 on unlabelled comparisons: rows that exist only
+    to carry a teacher's margin, with no label for the BT term. With every row labelled this is
+    the objective of DESIGN §2.
 
     ``teacher_margin`` may be NaN where ``mask_i = 0`` (rows without a teacher): those
     entries are replaced by the detached student margin before ``D`` is computed, so neither
@@ -135,6 +139,7 @@ def pafo_student_loss(
         distill_mask: ``[batch]`` bool (or 0/1) — rows that receive the distillation term.
         lam: ``λ ≥ 0``.
         kind, temperature, clip: see :func:`distill_loss`.
+        label_mask: ``[batch]`` 0/1, rows that carry a label (None: all).
     Returns:
         ``(loss, metrics)``: a scalar with grad, and detached floats ``loss``, ``bt``,
         ``distill``, ``distill_fraction`` (share of rows masked in) and ``accuracy``
@@ -152,7 +157,10 @@ def pafo_student_loss(
     safe_teacher = torch.where(mask, teacher_margin, student_margin.detach())
     distance = distill_loss(student_margin, safe_teacher, kind, temperature, clip)
     distance = torch.where(mask, distance, torch.zeros_like(distance))
-    bt = weighted_mean(bradley_terry_loss(student_margin), row_weight)
+    bt_per_row = bradley_terry_loss(student_margin)
+    if label_mask is not None:
+        bt_per_row = torch.where(label_mask.to(torch.bool), bt_per_row, torch.zeros_like(bt_per_row))
+    bt = weighted_mean(bt_per_row, row_weight)
     distill = weighted_mean(distance, row_weight)
     loss = bt + lam * distill
     metrics = {
@@ -160,7 +168,9 @@ def pafo_student_loss(
         "bt": bt.item(),
         "distill": distill.item(),
         "distill_fraction": mask.float().mean().item(),
-        "accuracy": (student_margin.detach() > 0).float().mean().item(),
+        "accuracy": ((student_margin.detach() > 0).float().mean().item() if label_mask is None
+                     else (student_margin.detach()[label_mask.to(torch.bool)] > 0)
+                     .float().mean().nan_to_num(0.0).item()),
     }
     return loss, metrics
 

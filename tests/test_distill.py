@@ -225,14 +225,14 @@ def teachers_run(ray_session, tmp_path_factory):
     return tmp, ctx
 
 
-def _copy_run(teachers_run, name: str):
+def _copy_run(teachers_run, name: str, **extra):
     """A copy of the module's run under another run_name, to break without side effects."""
     from pafo_ray.stages.base import StageContext
 
     tmp, ctx = teachers_run
     shutil.copytree(ctx.run_dir.root, tmp / "runs" / name,
                     ignore=shutil.ignore_patterns("_ray", "margins", "distill"))
-    cfg = load_config(None, _fast_overrides(tmp, **{"run.run_name": name}))
+    cfg = load_config(None, _fast_overrides(tmp, **{"run.run_name": name, **extra}))
     return StageContext.create(cfg)
 
 
@@ -260,7 +260,9 @@ def test_margins_stage_fails_on_nan_margins_with_the_row_count(teachers_run):
 
     from pafo_ray.stages.base import run_stage
 
-    ctx = _copy_run(teachers_run, "nan")
+    # Labelled rows only, so that the count is the prepared train + val rows.
+    ctx = _copy_run(teachers_run, "nan", **{"margins.extra_pairs_per_user": 0,
+                                            "distill.extra_pairs": 0})
     weights = ctx.run_dir.uri("teachers", "minority", "model.safetensors")
     save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()},
               weights, metadata={"format": "pt"})
@@ -292,7 +294,16 @@ def test_margins_and_distill_stages(teachers_run):
         assert stats[g] == {"mean": saved["val_margin_mean"], "std": saved["val_margin_std"]}
 
     rows = read_frame(run_dir.uri("margins", "rows", "split=train"))
-    assert len(rows) == sum(groups["train"].values())
+    assert len(rows) == sum(groups["train"].values()) and rows["labelled"].all()
+    # Unlabelled comparisons: ~margins.extra_pairs_per_user per user, each scored by its
+    # user's group teacher (the column the student reads for that row).
+    extra = read_frame(run_dir.uri("margins", "rows", "split=extra"))
+    users = sum(run_dir.read_json("groups", "summary.json")["users_by_group"].values())
+    per_user = ctx.cfg.margins.extra_pairs_per_user
+    assert summary["extra_rows"] == len(extra)
+    assert abs(len(extra) / users - per_user) < 0.1 * per_user
+    assert (~extra["labelled"]).all() and (extra["row_id"] < 0).all()
+    assert (extra["user_group"] == extra["group"]).all()
     assert {"margin_minority", "margin_majority", "user_group", "group"} <= set(rows)
     # user-level groups: a row's group is its user's group.
     assert (rows["user_group"] == rows["group"]).all()
@@ -331,14 +342,14 @@ def test_teacher_init_picks_the_finetuned_set_and_its_stats():
     stats = {**STATS, "minority_ft": {"mean": 0.0, "std": 1.0},
              "majority_ft": {"mean": 0.0, "std": 4.0}}
     raw = DistillConfig(margin_norm="none", teacher_init="vanilla")
-    out = distill_targets(frame, target_settings(raw, "both", stats), NAMES)
+    out = distill_targets(frame, target_settings(raw, "both", stats, 40), NAMES)
     np.testing.assert_allclose(out["teacher_margin"], [10.0, -6.0, -7.0, 40.0])
     scratch = DistillConfig(margin_norm="none", teacher_init="scratch")
-    out = distill_targets(frame, target_settings(scratch, "both", stats), NAMES)
+    out = distill_targets(frame, target_settings(scratch, "both", stats, 40), NAMES)
     np.testing.assert_allclose(out["teacher_margin"], [2.0, 0.5, -0.25, -0.5])
     # _ft stats: pooled μ=0, σ=2.5; row 0: 2.5·(10−0)/1 = 25; row 1: 2.5·(−6)/4 = −3.75.
     std = DistillConfig(margin_norm="standardize", teacher_init="vanilla")
-    out = distill_targets(frame, target_settings(std, "both", stats), NAMES)
+    out = distill_targets(frame, target_settings(std, "both", stats, 40), NAMES)
     np.testing.assert_allclose(out["teacher_margin"], [25.0, -3.75, -4.375, 100.0])
 
 
@@ -349,4 +360,4 @@ def test_teacher_init_without_that_teacher_set_names_the_fix():
     assert teacher_suffix("vanilla", "auto") == "" and teacher_suffix("vanilla", "vanilla") == ""
     assert teacher_suffix("both", "auto") == "" and teacher_suffix("both", "vanilla") == "_ft"
     with pytest.raises(ValueError, match="teachers.init=both"):
-        target_settings(DistillConfig(teacher_init="vanilla"), "scratch", STATS)
+        target_settings(DistillConfig(teacher_init="vanilla"), "scratch", STATS, 40)

@@ -114,8 +114,9 @@ def test_teacher_init_from_vanilla_starts_from_its_weights(tmp_path):
 
 
 def test_search_space_levers_reach_the_config():
-    """user_shrinkage is searched into the model section (and so into the objective);
-    teacher_init is fixed to auto unless teachers.init=both trained both teacher sets."""
+    """user_shrinkage is searched into the model section (and so into the objective) when a
+    space names it; teacher_init is fixed to auto unless teachers.init=both trained both
+    teacher sets; extra_pairs is cut to what the margins stage scored."""
     from tuning.search import space_overrides
     from tuning.space import SEARCHABLE, apply_params, read_space
 
@@ -123,9 +124,18 @@ def test_search_space_levers_reach_the_config():
     cfg = apply_params(load_config(), {"user_shrinkage": 0.05, "teacher_init": "vanilla"})
     assert cfg.model.user_shrinkage == 0.05 and cfg.distill.teacher_init == "vanilla"
     assert objective_for("pafo", cfg)["user_shrinkage"] == 0.05
-    assert "teacher_init" in read_space() and "user_shrinkage" in read_space()
+    # Regularisation is shared with vanilla by default: not in the shipped space.
+    assert "teacher_init" in read_space() and "user_shrinkage" not in read_space()
     assert space_overrides(load_config()) == {"teacher_init": {"type": "fixed", "value": "auto"}}
     assert space_overrides(load_config(None, ["teachers.init=both"])) == {}
+    shipped = read_space()["extra_pairs"]
+    assert (shipped["low"], shipped["high"], shipped["step"]) == (0, 40, 10)
+    cut = space_overrides(load_config(None, ["teachers.init=both",
+                                             "margins.extra_pairs_per_user=25"]))
+    assert cut == {"extra_pairs": {**shipped, "high": 20}}
+    none = space_overrides(load_config(None, ["teachers.init=both",
+                                              "margins.extra_pairs_per_user=0"]))
+    assert none == {"extra_pairs": {"type": "fixed", "value": 0}}
 
 
 def test_tune_stage_hash_follows_the_space_file(tmp_path):

@@ -30,7 +30,9 @@ def test_shipped_space_loads_and_binds_to_config_fields():
                 or key == "user_shrinkage"), key
     # The levers DESIGN §6 asks to search are all in it.
     assert {"lam", "minority_weight", "margin_norm", "scope", "teacher_init",
-            "user_shrinkage"} <= set(space)
+            "extra_pairs", "extra_users"} <= set(space)
+    # Regularisation (lr, user_shrinkage, weight_decay) is shared with vanilla: not searched.
+    assert not {"lr", "user_shrinkage", "weight_decay"} & set(space)
     # Every sampled value binds to the config through apply_params.
     sample = {key: (dom.categories[-1] if isinstance(dom, Categorical) else dom.lower)
               for key, dom in space.items()}
@@ -44,7 +46,8 @@ def test_shipped_space_bounds():
     lam = space["lam"]
     assert isinstance(lam, Float) and isinstance(lam.get_sampler(), LogUniform)
     assert (lam.lower, lam.upper) == (0.05, 10.0)
-    assert (space["lr"].lower, space["lr"].upper) == (1e-3, 3e-2)
+    extra = space["extra_pairs"]  # qrandint: 0..40 in steps of 10, both bounds included
+    assert (extra.lower, extra.upper, extra.get_sampler().q) == (0, 40, 10)
     clip = space["clip"]
     assert isinstance(clip, Float) and not isinstance(clip.get_sampler(), LogUniform)
     assert (clip.lower, clip.upper) == (2.0, 20.0)

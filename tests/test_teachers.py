@@ -46,13 +46,13 @@ def _stages_through(cfg, last: str) -> list:
 
 @pytest.fixture(scope="module")
 def prepared(ray_session, tmp_path_factory):
-    """input, prepare, embed once; returns a function that trains teachers on a copy."""
+    """input..groups once; returns a function that trains teachers on a copy."""
     from pafo_ray.stages.base import StageContext, run_pipeline
 
     tmp = tmp_path_factory.mktemp("teachers")
     cfg = load_config(None, _overrides(tmp))
     base = StageContext.create(cfg)
-    run_pipeline(base, _stages_through(cfg, "embed"))
+    run_pipeline(base, _stages_through(cfg, "groups"))
     done: dict = {}
 
     def train(name: str, **extra):
@@ -112,8 +112,8 @@ def test_teachers_learn_above_chance(prepared, variant):
     minority = jobs["minority"]["metrics"]
     assert minority["val_accuracy"] == minority["val_minority_accuracy"]
     assert math.isnan(minority["val_majority_accuracy"])
-    # Each teacher trained on its own group's rows, which prepare counted.
-    counts = ctx.run_dir.read_json("prepare", "summary.json")["groups"]["train"]
+    # Each teacher trained on its own group's rows, which the groups stage counted.
+    counts = ctx.run_dir.read_json("groups", "summary.json")["groups"]["train"]
     assert summary["train_rows"] == counts and all(counts[g] > 0 for g in GROUPS)
     for name in ("vanilla", *GROUPS):
         assert ctx.run_dir.exists("teachers", name, "config.json")
@@ -131,7 +131,7 @@ def _val_margins(ctx, model, group: str) -> np.ndarray:
     from pafo_ray.train.arrays import read_cache
     from pafo_ray.train.inmemory import read_frame
 
-    rows = read_frame(ctx.run_dir.uri("prepare", "data", "split=val", f"group={group}"))
+    rows = read_frame(ctx.run_dir.uri("groups", "data", "split=val", f"group={group}"))
     users = rows["user_id"].astype(str).tolist()
     if ctx.cfg.model.mode == "frozen":
         cache = read_cache(ctx.run_dir.uri("embed", "cache"))
@@ -230,7 +230,7 @@ def test_failed_worker_resumes_from_its_checkpoint(prepared, real_workers):
 
 
 def _minority_rows(prepared) -> tuple:
-    counts = prepared.base.run_dir.read_json("prepare", "summary.json")["groups"]["train"]
+    counts = prepared.base.run_dir.read_json("groups", "summary.json")["groups"]["train"]
     assert counts["minority"] < counts["majority"]
     return counts["minority"], counts["majority"]
 

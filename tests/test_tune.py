@@ -158,7 +158,7 @@ def test_tune_stage_writes_the_front_and_applies_the_rule(pipeline):
     assert len(summary["trials"]) >= 4 and not summary["resumed"]
     for trial in summary["trials"]:
         assert math.isfinite(trial[MAJORITY]) and math.isfinite(trial[MINORITY]), trial
-        assert {"lam", "minority_weight", "lr"} <= set(trial["params"])
+        assert {"lam", "minority_weight", "extra_pairs"} <= set(trial["params"])
     front = summary["front"]
     assert front and {p["trial_id"] for p in front} <= {t["trial_id"] for t in summary["trials"]}
     assert_non_dominated(front)

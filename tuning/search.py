@@ -164,12 +164,29 @@ def trials_table(result_grid) -> pd.DataFrame:
 
 def space_overrides(cfg: PipelineConfig) -> dict:
     """Entries the run's config forces: ``teacher_init`` can only be searched when the
-    teachers stage trained both sets (``teachers.init=both``); otherwise it is fixed."""
+    teachers stage trained both sets (``teachers.init=both``); otherwise it is fixed.
+    ``extra_pairs`` cannot exceed what the margins stage scored
+    (``margins.extra_pairs_per_user``): its upper bound is cut there (fixed to 0 when none)."""
     from tuning.space import read_space
 
-    if cfg.teachers.init != "both" and "teacher_init" in read_space(cfg.tune.space):
-        return {"teacher_init": {"type": "fixed", "value": "auto"}}
-    return {}
+    space = read_space(cfg.tune.space)
+    out = {}
+    if cfg.teachers.init != "both" and "teacher_init" in space:
+        out["teacher_init"] = {"type": "fixed", "value": "auto"}
+    spec = space.get("extra_pairs")
+    scored = cfg.margins.extra_pairs_per_user
+    if spec is not None and spec["type"] == "int" and spec["high"] > scored:
+        if spec["low"] >= scored:
+            out["extra_pairs"] = {"type": "fixed", "value": scored}
+        else:
+            step = spec.get("step", 1)
+            out["extra_pairs"] = {**spec, "high": scored - (scored - spec["low"]) % step}
+    elif spec is not None and spec["type"] in ("fixed", "choice"):
+        values = [spec["value"]] if spec["type"] == "fixed" else spec["values"]
+        if any(v > scored for v in values):
+            raise ValueError(f"search space: extra_pairs {values} exceeds "
+                             f"margins.extra_pairs_per_user={scored}")
+    return out
 
 
 def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,

@@ -12,7 +12,7 @@ r(rejected), so it would never receive a gradient.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -75,18 +75,39 @@ class RewardHead(nn.Module):
         unknown = (user_index < 0).unsqueeze(-1)  # [B, 1]
         return torch.where(unknown, table.mean(dim=0).expand_as(known), known)
 
-    def forward(self, phi: torch.Tensor, user_index: torch.Tensor) -> torch.Tensor:
-        """``phi [B, D]``, ``user_index [B]`` -> rewards ``[B]``."""
+    def forward(self, phi: torch.Tensor, user_index: torch.Tensor,
+                user_only: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``phi [B, D]``, ``user_index [B]`` -> rewards ``[B]``.
+
+        ``user_only [B]`` bool: on these rows the reward is the same, but its gradient reaches
+        the user embeddings only (W, g and the MLP are held fixed there). Distillation on
+        unlabelled comparisons uses it, so that a group teacher's view moves its users'
+        offsets without dragging the shared population (DESIGN §6 lever; BENCHMARKS.md).
+        """
         if phi.dim() != 2 or phi.shape[1] != self.input_dim:
             raise ValueError(f"phi must be [batch, {self.input_dim}], got {list(phi.shape)}")
         if user_index.shape != phi.shape[:1]:
             raise ValueError(f"user_index must be [{phi.shape[0]}], got {list(user_index.shape)}")
+        if user_only is not None and not bool(user_only.any()):
+            user_only = None
         phi = self.dropout(phi)
         users = self.user_vectors(user_index)  # [B, K]
         if self.head == "mlp":
-            return self.mlp(torch.cat([phi, users], dim=-1)).squeeze(-1)
+            out = self.mlp(torch.cat([phi, users], dim=-1)).squeeze(-1)
+            if user_only is None:
+                return out
+            fixed = {name: p.detach() for name, p in self.mlp.named_parameters()}
+            held = torch.func.functional_call(self.mlp, fixed,
+                                              (torch.cat([phi.detach(), users], dim=-1),))
+            return torch.where(user_only, held.squeeze(-1), out)
         base = self.base(phi)  # b: [B, K]
-        weights = users + self.population if self.population is not None else users
+        population = self.population
+        if user_only is not None:
+            rows = user_only.unsqueeze(-1)
+            base = torch.where(rows, base.detach(), base)
+            if population is not None:
+                population = torch.where(rows, population.detach(), population)
+        weights = users + population if population is not None else users
         return (weights * base).sum(dim=-1)
 
     def user_penalty(self) -> torch.Tensor:

@@ -103,14 +103,21 @@ class RewardModel(nn.Module):
 
     def forward(self, user_index: torch.Tensor, phi: Optional[torch.Tensor] = None,
                 input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attention_mask: Optional[torch.Tensor] = None,
+                user_only: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Rewards ``[B]`` from ``phi`` or from tokens. Call this (not the forward_* methods) on a
-        DDP-wrapped model so DDP sees the forward pass."""
-        if phi is not None:
-            return self.forward_features(phi, user_index)
-        if input_ids is None or attention_mask is None:
-            raise ValueError("pass phi, or input_ids and attention_mask")
-        return self.forward_tokens(input_ids, attention_mask, user_index)
+        DDP-wrapped model so DDP sees the forward pass. ``user_only [B]`` bool: rows whose
+        gradient reaches only the user embeddings (see :meth:`RewardHead.forward`)."""
+        if phi is None:
+            if input_ids is None or attention_mask is None:
+                raise ValueError("pass phi, or input_ids and attention_mask")
+            if self.encoder is None:
+                raise RuntimeError("token inputs need model.mode='finetune' (a trainable "
+                                   "encoder); in frozen mode pass embeddings as phi")
+            phi = self.encoder(input_ids, attention_mask)
+            if user_only is not None and bool(user_only.any()):
+                phi = torch.where(user_only.unsqueeze(-1), phi.detach(), phi)
+        return self.head(phi, user_index, user_only)
 
     # --------------------------------------------------------------- scoring
 

@@ -1,6 +1,7 @@
 """Stage ``distill``: the unified student — no group input — on Ray Train.
 
-Loss per row: ``w_g [BT + λ·D(m_S, m_T)]`` with ``m_T`` the margin of the row's own
+Loss per row: ``w_g [BT + λ·D(m_S, m_T)]`` (on unlabelled comparisons, ``distill.extra_pairs``:
+``w_g λ·D`` alone, reaching the user offsets only) with ``m_T`` the margin of the row's own
 group's teacher (see pafo_ray.train.targets). The weights come from ``distill.*``, or
 from the tune stage's chosen trial when one exists and ``distill.use_tuned`` is on.
 Output: ``distill/student/`` (a saved RewardModel).
@@ -36,24 +37,31 @@ def targets_for(ctx: StageContext, distill: DistillConfig) -> dict:
     from pafo_ray.train.targets import target_settings
 
     stats = ctx.run_dir.read_json("margins", "teacher_stats.json")
-    return target_settings(distill, ctx.cfg.teachers.init, stats)
+    return target_settings(distill, ctx.cfg.teachers.init, stats,
+                           ctx.cfg.margins.extra_pairs_per_user)
 
 
-def margin_uris(run_dir, split: str) -> list:
-    return [run_dir.uri("margins", "rows", f"split={split}")]
+def margin_uris(run_dir, split: str, distill: DistillConfig | None = None) -> list:
+    """Margin rows of a split; for training with ``distill.extra_pairs > 0`` also the
+    unlabelled comparisons (``split=extra``)."""
+    uris = [run_dir.uri("margins", "rows", f"split={split}")]
+    if distill is not None and distill.extra_pairs > 0 and run_dir.exists("margins", "rows", "split=extra"):
+        uris.append(run_dir.uri("margins", "rows", "split=extra"))
+    return uris
 
 
 def run(ctx: StageContext) -> dict:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     chosen, origin = chosen_settings(ctx)
     tuned = dataclasses.replace(ctx, cfg=chosen)
-    jobs = [TrainJob("student", J.objective_for("pafo", chosen), margin_uris(run_dir, "train"),
+    jobs = [TrainJob("student", J.objective_for("pafo", chosen),
+                     margin_uris(run_dir, "train", chosen.distill),
                      J.rows_uris(run_dir, "val"), [NAME, "student"],
                      targets=targets_for(tuned, chosen.distill), config=chosen.to_dict())]
     if origin != "distill config":
         # The report compares the tuned student with the default-weights one.
         jobs.append(TrainJob("student_default", J.objective_for("pafo", cfg),
-                             margin_uris(run_dir, "train"), J.rows_uris(run_dir, "val"),
+                             margin_uris(run_dir, "train", cfg.distill), J.rows_uris(run_dir, "val"),
                              [NAME, "student_default"], targets=targets_for(ctx, cfg.distill)))
     results = run_jobs(ctx, NAME, jobs, stage_hash(ctx, NAME))
     changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()

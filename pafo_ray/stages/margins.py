@@ -1,5 +1,8 @@
 """Stage ``margins``: Ray Data batch inference of every teacher on every train/val row.
 
+With ``margins.extra_pairs_per_user > 0`` it also scores unlabelled comparisons
+(:mod:`pafo_ray.data.extra`: training comparisons offered to other users) into
+``rows/split=extra``, each by the teacher of its user's group, for the student's distillation.
 Per row the output keeps ``margin_<group>`` of each teacher (for analysis; with
 ``teachers.init=both`` also ``margin_<group>_ft`` of the vanilla-initialised set), the row's own
 group, and ``user_group`` (the user's support group, for the minority-users scope). The
@@ -35,6 +38,22 @@ def _add_user_group(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     return batch
 
 
+def _labelled(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch.assign(labelled=True, extra_rank=np.nan)
+
+
+def _extra(batch: pd.DataFrame, users_ref, per_row: float, seed: int) -> pd.DataFrame:
+    import ray
+
+    from pafo_ray.data.extra import extra_rows
+
+    key = users_ref.hex()
+    if key not in _USERS:
+        _USERS.clear()
+        _USERS[key] = ray.get(users_ref)
+    return extra_rows(batch, _USERS[key], per_row, seed)
+
+
 def user_groups(run_dir, cfg) -> pd.Series:
     """Each user's group: the groups stage's when grouping by user, else by support quantile."""
     from pafo_ray.data import support as support_lib
@@ -52,6 +71,7 @@ def run(ctx: StageContext) -> dict:
     import ray
     import ray.data
 
+    from pafo_ray.data.extra import copies_per_row
     from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -65,30 +85,42 @@ def run(ctx: StageContext) -> dict:
             raise RuntimeError(f"teacher '{g}' has no complete checkpoint at "
                                f"{run_dir.uri('teachers', g)}: rerun `pafo-ray teachers --force`")
         stats[g] = _margin_stats(run_dir, g)
+    columns = SCORE_COLUMNS + ["support_rate", "user_type"]
     ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val")
-                               ).select_columns(SCORE_COLUMNS + ["support_rate", "user_type"])
-    users_ref = ray.put(user_groups(run_dir, cfg))
+                               ).select_columns(columns)
+    groups = user_groups(run_dir, cfg)
+    users_ref = ray.put(groups)
     ds = ds.map_batches(_add_user_group, batch_format="pandas", fn_kwargs={"users_ref": users_ref})
+    ds = ds.map_batches(_labelled, batch_format="pandas")
     m = cfg.margins
+    per_row = copies_per_row(m.extra_pairs_per_user, len(groups),
+                             sum(J.train_row_counts(run_dir).values()))
+    if per_row > 0:
+        extra = ray.data.read_parquet(J.rows_uris(run_dir, "train")).select_columns(columns)
+        ds = ds.union(extra.map_batches(_extra, batch_format="pandas", fn_kwargs={
+            "users_ref": users_ref, "per_row": per_row, "seed": cfg.run.seed}))
     ds = score_dataset(ds, {f"margin_{g}": run_dir.uri("teachers", g) for g in names},
                        cfg.to_dict(), batch_size=m.batch_size, num_actors=m.num_actors,
                        num_gpus=m.num_gpus_per_actor)
     out = run_dir.uri(NAME, "rows")
     ds.write_parquet(out, partition_cols=["split"])
-    check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names])
+    check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names] + ["split"])
     counts = check.map_batches(_finite_counts, batch_format="pandas", batch_size=None).to_pandas()
     bad = int(counts["non_finite"].sum())
     if bad:
         raise RuntimeError(f"{bad} rows got NaN/inf teacher margins; the student will not train "
                            "on them. Check the teachers (rerun `pafo-ray teachers --force`).")
     run_dir.write_json(stats, NAME, "teacher_stats.json")
-    return {"rows": int(counts["rows"].sum()), "teacher_stats": stats,
+    return {"rows": int(counts["rows"].sum()), "extra_rows": int(counts["extra"].sum()),
+            "extra_per_user": round(int(counts["extra"].sum()) / max(1, len(groups)), 2),
+            "teacher_stats": stats,
             "fallbacks": teachers.get("fallbacks", {})}
 
 
 def _finite_counts(batch: pd.DataFrame) -> pd.DataFrame:
     values = batch[[c for c in batch.columns if c.startswith("margin_")]].to_numpy(np.float64)
-    return pd.DataFrame({"rows": [len(batch)],
+    extra = int((batch["split"] == "extra").sum())
+    return pd.DataFrame({"rows": [len(batch) - extra], "extra": [extra],
                          "non_finite": [int((~np.isfinite(values)).any(axis=1).sum())]})
 
 
@@ -103,4 +135,6 @@ def _margin_stats(run_dir, group: str) -> dict:
 def describe(summary: dict) -> str:
     spread = ", ".join(f"{g}: mean {s['mean']:.2f} std {s['std']:.2f}"
                        for g, s in summary["teacher_stats"].items())
-    return f"{summary['rows']:,} rows scored by every teacher ({spread})"
+    extra = (f", {summary['extra_rows']:,} unlabelled comparisons (~{summary['extra_per_user']:g}"
+             " per user)" if summary.get("extra_rows") else "")
+    return f"{summary['rows']:,} rows{extra} scored by every teacher ({spread})"

@@ -31,6 +31,7 @@ class Rows:
     rejected_tokens: Optional[dict] = None
     teacher_margin: Optional[torch.Tensor] = None  # [n] float, NaN = no target
     distill_mask: Optional[torch.Tensor] = None    # [n] float in {0, 1}
+    label_mask: Optional[torch.Tensor] = None      # [n] float in {0, 1}; 0 = unlabelled row
     extra: dict = field(default_factory=dict)      # numpy columns kept for reporting
 
     def __len__(self) -> int:
@@ -46,7 +47,8 @@ class Rows:
 
         return Rows(**{name: pick(getattr(self, name)) for name in
                        ("user_index", "group_index", "weight", "chosen_index", "rejected_index",
-                        "chosen_tokens", "rejected_tokens", "teacher_margin", "distill_mask")})
+                        "chosen_tokens", "rejected_tokens", "teacher_margin", "distill_mask",
+                        "label_mask")})
 
 
 @dataclass
@@ -109,6 +111,8 @@ def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
     if "teacher_margin" in frame:
         rows.teacher_margin = torch.as_tensor(frame["teacher_margin"].to_numpy(np.float32))
         rows.distill_mask = torch.as_tensor(frame["distill_mask"].to_numpy(np.float32))
+    if "labelled" in frame and not frame["labelled"].fillna(True).astype(bool).all():
+        rows.label_mask = torch.as_tensor(frame["labelled"].fillna(True).to_numpy(np.float32))
     rows.extra = {c: frame[c].to_numpy() for c in ("row_id", "user_id") if c in frame}
     return rows
 

@@ -45,6 +45,9 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
     if cfg.model.mode != "frozen":
         raise ValueError("in-process students need model.mode=frozen (finetune trains in Ray Train)")
     train = read_frame(run_dir.uri("margins", "rows", "split=train"))
+    if run_dir.exists("margins", "rows", "split=extra"):  # the trials choose how many to use
+        extra = read_frame(run_dir.uri("margins", "rows", "split=extra"))
+        train = pd.concat([train, extra.assign(split="extra")], ignore_index=True)
     val = read_frame(run_dir.uri("groups", "data", "split=val"))
     return StudentData(train=train, val=val, users=load_users(run_dir),
                        teacher_stats=run_dir.read_json("margins", "teacher_stats.json"),
@@ -64,7 +67,8 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     seed = cfg.run.seed if seed is None else seed
     torch.manual_seed(seed)
     names = J.names(cfg)
-    targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats)
+    targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats,
+                              cfg.margins.extra_pairs_per_user)
     frame = distill_targets(data.train, targets, names)
     model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
     umap = user_map(model.user_ids)

@@ -28,15 +28,19 @@ class PairScorer(nn.Module):
         self.model = model
 
     def forward(self, user_index, chosen_phi=None, rejected_phi=None, chosen_tokens=None,
-                rejected_tokens=None) -> torch.Tensor:
+                rejected_tokens=None, user_only=None) -> torch.Tensor:
+        """Margins ``[B]``; ``user_only [B]`` bool: rows whose gradient reaches only the user
+        embeddings (unlabelled distillation rows)."""
         users = torch.cat([user_index, user_index])
+        both = None if user_only is None else torch.cat([user_only, user_only])
         if chosen_phi is not None:
-            rewards = self.model(users, phi=torch.cat([chosen_phi, rejected_phi]))
+            rewards = self.model(users, phi=torch.cat([chosen_phi, rejected_phi]), user_only=both)
         else:
             rewards = self.model(users, input_ids=torch.cat([chosen_tokens["input_ids"],
                                                              rejected_tokens["input_ids"]]),
                                  attention_mask=torch.cat([chosen_tokens["attention_mask"],
-                                                           rejected_tokens["attention_mask"]]))
+                                                           rejected_tokens["attention_mask"]]),
+                                 user_only=both)
         half = user_index.shape[0]
         return rewards[:half] - rewards[half:]
 
@@ -46,12 +50,16 @@ def margins_of(scorer: nn.Module, rows: Rows, cache: Optional[Cache], device=Non
     def dev(t):
         return t.to(device) if device is not None else t
 
+    user_only = None
+    if rows.label_mask is not None and scorer.training:
+        user_only = dev(rows.label_mask == 0)
     if cache is not None:
         return scorer(dev(rows.user_index), chosen_phi=dev(cache.vectors[rows.chosen_index]),
-                      rejected_phi=dev(cache.vectors[rows.rejected_index]))
+                      rejected_phi=dev(cache.vectors[rows.rejected_index]), user_only=user_only)
     return scorer(dev(rows.user_index),
                   chosen_tokens={k: dev(v) for k, v in rows.chosen_tokens.items()},
-                  rejected_tokens={k: dev(v) for k, v in rows.rejected_tokens.items()})
+                  rejected_tokens={k: dev(v) for k, v in rows.rejected_tokens.items()},
+                  user_only=user_only)
 
 
 @dataclass
@@ -96,12 +104,16 @@ class Objective:
         device = margin.device
         weight = self.row_weight(rows, device)
         group = rows.group_index.to(device)
+        label_mask = None if rows.label_mask is None else rows.label_mask.to(device)
         if self.kind == "pafo":
             loss, metrics = losses.pafo_student_loss(
                 margin, rows.teacher_margin.to(device), weight, rows.distill_mask.to(device),
                 lam=self.lam, kind=self.distill_loss, temperature=self.temperature,
-                clip=self.clip)
+                clip=self.clip, label_mask=label_mask)
         else:
+            if label_mask is not None and not bool(label_mask.all()):
+                raise ValueError(f"objective {self.kind!r} got unlabelled rows; only the pafo "
+                                 "student trains on unlabelled (distillation-only) comparisons")
             per_row = losses.bradley_terry_loss(margin) * weight
             if self.kind == "groupdro":
                 loss = self._dro(per_row, group)

@@ -25,10 +25,20 @@ def teacher_suffix(teachers_init: str, teacher_init: str) -> str:
                      "rerun `pafo-ray teachers`")
 
 
-def target_settings(distill, teachers_init: str, stats: dict) -> dict:
-    """The ``targets`` dict of :func:`distill_targets` for a DistillConfig."""
+def target_settings(distill, teachers_init: str, stats: dict, extra_per_user: int = 0) -> dict:
+    """The ``targets`` dict of :func:`distill_targets` for a DistillConfig.
+
+    ``extra_per_user``: how many unlabelled comparisons per user the margins stage scored
+    (``margins.extra_pairs_per_user``); ``distill.extra_pairs`` may use up to that many.
+    """
+    if distill.extra_pairs < 0 or distill.extra_pairs > extra_per_user:
+        raise ValueError(f"distill.extra_pairs={distill.extra_pairs} must lie in [0, "
+                         f"margins.extra_pairs_per_user={extra_per_user}]: raise "
+                         "margins.extra_pairs_per_user (and rerun `pafo-ray margins`) or lower it")
     return {"margin_norm": distill.margin_norm, "scope": distill.scope, "stats": stats,
-            "suffix": teacher_suffix(teachers_init, distill.teacher_init)}
+            "suffix": teacher_suffix(teachers_init, distill.teacher_init),
+            "extra_fraction": distill.extra_pairs / extra_per_user if extra_per_user else 0.0,
+            "extra_users": distill.extra_users}
 
 
 def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataFrame:
@@ -36,10 +46,17 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
 
     targets: ``margin_norm`` (none | standardize), ``scope`` (all | agree | minority_users),
     ``stats`` {teacher: {"mean", "std"}} of each teacher on its validation rows, ``suffix``
-    ("" or ``_ft``: which teacher set, ``margin_<group><suffix>``).
+    ("" or ``_ft``: which teacher set, ``margin_<group><suffix>``), ``extra_fraction`` and
+    ``extra_users`` (which unlabelled rows to keep, see below).
     Standardised target: ``μ_pool + σ_pool · (m − μ_g) / σ_g`` with μ_pool, σ_pool the
     means of the teachers' μ_g, σ_g, so every teacher speaks on one scale.
+
+    Unlabelled rows (``labelled`` False, the margins stage's ``split=extra``) are kept when
+    ``extra_rank < extra_fraction`` and their user is in scope of ``extra_users`` (all, or the
+    lowest group); they always receive the distillation term (the scope applies to labelled
+    rows). The others are dropped from the returned frame.
     """
+    frame = _select_extra(frame, targets, names)
     suffix = targets.get("suffix", "")
     missing = [f"margin_{g}{suffix}" for g in names if f"margin_{g}{suffix}" not in frame]
     if missing:
@@ -63,6 +80,8 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
     if bad.any():
         raise RuntimeError(f"{int(bad.sum())} rows have NaN/inf teacher margins: refusing to "
                            "train on them; rerun `pafo-ray margins` (and check the teachers)")
+    labelled = (frame["labelled"].fillna(True).to_numpy(bool) if "labelled" in frame
+                else np.ones(len(frame), dtype=bool))
     if targets["scope"] == "agree":
         # The teacher agrees with the label when its own margin is positive; a standardized
         # target is shifted by the teacher's mean and would move that boundary.
@@ -72,8 +91,21 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
         mask = frame["user_group"].to_numpy(dtype=object) == names[0]
     else:
         mask = np.ones(len(frame), dtype=bool)
+    mask = np.where(labelled, mask, True)
     return frame.assign(teacher_margin=margin.astype(np.float32),
                         distill_mask=mask.astype(np.float32))
+
+
+def _select_extra(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataFrame:
+    if "labelled" not in frame:
+        return frame
+    extra = ~frame["labelled"].fillna(True).to_numpy(bool)
+    if not extra.any():
+        return frame
+    keep = frame["extra_rank"].to_numpy(np.float64) < targets.get("extra_fraction", 0.0)
+    if targets.get("extra_users", "all") == "minority":
+        keep &= frame["user_group"].to_numpy(dtype=object) == names[0]
+    return frame[~extra | keep].reset_index(drop=True)
 
 
 def _pooled(stats: dict) -> dict:
