@@ -219,6 +219,8 @@ class DistillConfig:
 class BaselinesConfig:
     methods: list = _f(["reweight", "groupdro", "fairness_penalty"],
                        "Baselines trained beside vanilla.")
+    reweight_power: float = _f(1.0, "reweight: group weights ∝ n_g^-p (1: inverse frequency, "
+                               "0: vanilla).")
     groupdro_eta: float = _f(0.05, "Step size of the group DRO weights.")
     fairness_alpha: float = _f(1.0, "Weight of the penalty on the gap of group losses.")
 
@@ -230,6 +232,11 @@ class TuneConfig:
     sampler: Literal["nsga2", "tpe", "random"] = _f("tpe", "Optuna sampler.")
     space: Optional[str] = _f(None, "YAML file of the search space (None: tuning/space.yaml).")
     epsilon: float = _f(0.0, "Majority accuracy may fall this far below vanilla's.")
+    tune_baselines: bool = _f(True, "Search each baseline's own settings too (reweight_power, "
+                              "groupdro_eta, fairness_alpha) with the same trial budget and "
+                              "the same Pareto rule; evaluate then compares those.")
+    baseline_space: Optional[str] = _f(None, "YAML of the baselines' search spaces (None: "
+                                       "tuning/baselines.yaml).")
     cpus_per_trial: float = _f(1.0, "CPUs per trial.")
     gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU).")
 

@@ -175,17 +175,22 @@ def pafo_student_loss(
     return loss, metrics
 
 
-def inverse_frequency_weights(group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Per-group weights ``w_g ∝ 1 / n_g``, scaled so that the mean row weight is 1.
+def inverse_frequency_weights(group_index: torch.Tensor, num_groups: int,
+                              power: float = 1.0) -> torch.Tensor:
+    """Per-group weights ``w_g ∝ n_g^{-p}``, scaled so that the mean row weight is 1.
 
-    ``w_g = N / (G' · n_g)`` with ``N`` rows and ``G'`` groups that have rows, so
-    ``Σ_g n_g w_g / N = 1``. A group with no rows gets weight 0 (it weighs no row).
+    ``w_g = N · n_g^{-p} / Σ_h n_h^{1-p}`` over the groups that have rows, so
+    ``Σ_g n_g w_g / N = 1``: ``p = 1`` gives ``N / (G' · n_g)`` (inverse frequency, ``G'`` groups
+    with rows), ``p = 0`` gives 1 for every row (vanilla). A group with no rows gets weight 0.
 
     Args:
         group_index: ``[N]`` long in ``[0, num_groups)``.
+        power: ``p ≥ 0``.
     Returns:
         ``[num_groups]`` float.
     """
+    if power < 0:
+        raise ValueError(f"reweight power must be >= 0, got {power}")
     counts = torch.bincount(group_index, minlength=num_groups).to(torch.float64)
     if counts.numel() > num_groups:
         raise ValueError(f"group_index holds values >= num_groups={num_groups}")
@@ -193,7 +198,8 @@ def inverse_frequency_weights(group_index: torch.Tensor, num_groups: int) -> tor
     if not present.any():
         raise ValueError("inverse_frequency_weights: no rows (group_index is empty)")
     weights = torch.zeros(num_groups, dtype=torch.float64)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    n = counts[present]
+    weights[present] = counts.sum() * n.pow(-power) / n.pow(1 - power).sum()
     return weights.to(torch.get_default_dtype())
 
 

@@ -152,6 +152,19 @@ def test_inverse_frequency_weights():
     assert_close(weights[torch.tensor([0, 0, 0, 1])].mean(), torch.tensor(1.0))
 
 
+def test_reweight_power_interpolates_between_vanilla_and_inverse_frequency():
+    """n = [3, 1], N = 4. p = 0: every row 1. p = 0.5: w_g = N n_g^-0.5 / Σ n_h^0.5
+    = 4 / (√3 + 1) · [1/√3, 1] = [0.845299, 1.464102]; mean row weight 1."""
+    groups = torch.tensor([0, 0, 0, 1])
+    assert_close(inverse_frequency_weights(groups, 2, power=0.0), torch.tensor([1.0, 1.0]))
+    half = inverse_frequency_weights(groups, 2, power=0.5)
+    assert_close(half, torch.tensor([0.845299, 1.464102]))
+    assert_close(half[groups].mean(), torch.tensor(1.0))
+    assert_close(inverse_frequency_weights(groups, 2, power=1.0), torch.tensor([2 / 3, 2.0]))
+    with pytest.raises(ValueError, match="power"):
+        inverse_frequency_weights(groups, 2, power=-1.0)
+
+
 def test_group_mean_losses():
     """ℓ = [1, 3, 1], groups [0, 0, 1], 3 groups → L = [2, 1, 0], present [T, T, F]."""
     means, present = group_mean_losses(t(1.0, 3.0, 1.0), torch.tensor([0, 0, 1]), 3)

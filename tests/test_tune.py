@@ -101,7 +101,7 @@ def test_search_resumes_a_failed_run_without_retraining_finished_trials(ray_sess
     failed_once = str(tmp_path / "failed-once")
     attempts_dir = str(attempts)
 
-    def flaky_trial(params, data=None, cfg=None):
+    def flaky_trial(params, data=None, cfg=None, method="pafo"):
         from ray import tune
 
         open(os.path.join(attempts_dir, f"{tune.get_context().get_trial_id()}-{os.getpid()}-"
@@ -190,7 +190,37 @@ def test_tune_stage_writes_the_front_and_applies_the_rule(pipeline):
     assert run_dir.read_bytes("tune", "pareto_front.png")[:4] == b"\x89PNG"
     assert "\n" not in tune_stage.describe(summary) and "trials" in tune_stage.describe(summary)
 
+    # The baseline's own search: the same budget and rule, over its own setting only.
+    found = summary["baseline_searches"]["reweight"]
+    assert found["trials"] == len(summary["trials"]) and set(found) >= {"chosen", "front", "model"}
+    assert run_dir.exists("tune", "baselines_reweight.csv")
+    if found["chosen"]:
+        assert set(found["chosen"]["params"]) == {"reweight_power"}
+        assert 0.0 <= found["chosen"]["params"]["reweight_power"] <= 2.0
+        eligible = [p for p in found["front"] if p[MAJORITY] >= threshold - 1e-12]
+        assert found["chosen"][MINORITY] == max(p[MINORITY] for p in eligible)
+        assert run_dir.exists("tune", "baselines", "reweight", "model.safetensors")
+    else:
+        assert found["model"] is None and "no trial met the constraint" in found["message"]
+
     # A rerun after the stage folder is lost restores the Tune experiment instead of retraining.
     again = run_stage(pipeline, "tune", force=True)
     assert again["resumed"] and [t["trial_id"] for t in again["trials"]] == \
         [t["trial_id"] for t in summary["trials"]]
+
+
+@pytest.mark.ray
+def test_evaluate_compares_the_tuned_baseline(pipeline):
+    """After tune, evaluate scores the baseline its own search chose (or says it kept the
+    default setting)."""
+    from pafo_ray.stages.base import run_stage
+    from pafo_ray.stages.evaluate import method_models
+
+    summary = run_stage(pipeline, "tune")  # done already: read back
+    found = summary["baseline_searches"]["reweight"]
+    models = method_models(pipeline)
+    if found["chosen"]:
+        assert models["reweight"] == pipeline.run_dir.uri("tune", "baselines", "reweight")
+    else:
+        assert models["reweight"] == pipeline.run_dir.uri("baselines", "reweight")
+    assert models["vanilla"] == pipeline.run_dir.uri("teachers", "vanilla")

@@ -78,8 +78,10 @@ def _finite_or_nan(value) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None) -> None:
-    """One Tune trial: a student trained with the sampled ``params``; reports once.
+def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None,
+                method: str = "pafo") -> None:
+    """One Tune trial: a student (or the baseline ``method``) trained with the sampled
+    ``params``; reports once.
 
     ``data`` (a :class:`~pafo_ray.train.inmemory.StudentData`) and ``cfg`` arrive through
     ``tune.with_parameters`` (the object store), not in the trial's config. Both objectives
@@ -93,7 +95,7 @@ def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None) -
     from pafo_ray.train.inmemory import train_student
     from tuning.space import apply_params
 
-    _, metrics = train_student(data, apply_params(cfg, params))
+    _, metrics = train_student(data, apply_params(cfg, params), method=method)
     report = {name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS}
     tune.report({**report, "params": dict(params)})
 
@@ -192,7 +194,8 @@ def space_overrides(cfg: PipelineConfig) -> dict:
 def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
                sampler: Optional[str] = None, num_samples: Optional[int] = None,
                seed: Optional[int] = None, trainable: Callable = train_trial,
-               verbose: int = 0) -> SearchOutcome:
+               verbose: int = 0, method: str = "pafo",
+               param_space: Optional[dict] = None) -> SearchOutcome:
     """Search ``cfg.tune.space`` for students that are good for both groups.
 
     cfg: the pipeline config; trials apply their params to it (``apply_params``).
@@ -202,7 +205,9 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
       restored when ``Tuner.can_restore`` finds one there (``resumed=True``).
     sampler, num_samples, seed: default ``cfg.tune.sampler``, ``cfg.tune.num_samples``,
       ``cfg.run.seed`` (the benchmark varies them over the same data).
-    trainable: the trial function ``(params, data=, cfg=)``; default :func:`train_trial`.
+    trainable: the trial function ``(params, data=, cfg=, method=)``; default :func:`train_trial`.
+    method, param_space: a baseline's own search (``tuning/baselines.yaml`` domains) instead
+      of the student's (``cfg.tune.space``).
 
     A restored experiment keeps the budget it was started with (Tune cannot add samples to
     it): a different ``num_samples`` needs a different ``name``.
@@ -221,7 +226,8 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
     if num_samples < 1:
         raise ValueError(f"tune.num_samples must be ≥ 1 to search, got {num_samples}")
     resources = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
-    fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg), resources)
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg, method=method),
+                             resources)
     path = join(storage_path, name)
     began = time.time()
 
@@ -236,7 +242,9 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
             trial_dirname_creator=trial_dirname)
         run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
                                     failure_config=tune.FailureConfig(max_failures=0))
-        tuner = tune.Tuner(fn, param_space=load_space(cfg.tune.space, space_overrides(cfg)),
+        if param_space is None:
+            param_space = load_space(cfg.tune.space, space_overrides(cfg))
+        tuner = tune.Tuner(fn, param_space=param_space,
                            tune_config=tune_config,
                            run_config=run_config)
     table = trials_table(tuner.fit())

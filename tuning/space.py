@@ -25,6 +25,7 @@ import typing
 from typing import Any, Optional
 
 from pafo_ray.config import (
+    BaselinesConfig,
     ConfigError,
     DistillConfig,
     ModelConfig,
@@ -34,6 +35,10 @@ from pafo_ray.config import (
 )
 
 SPACE_FILE = "space.yaml"
+BASELINE_SPACE_FILE = "baselines.yaml"
+# Each baseline's own setting: what its search may vary (tuning/baselines.yaml).
+BASELINE_KEYS = {"reweight": ("reweight_power",), "groupdro": ("groupdro_eta",),
+                 "fairness_penalty": ("fairness_alpha",)}
 TYPES = ("uniform", "loguniform", "int", "choice", "fixed")
 _SPEC_KEYS = {
     "uniform": {"low", "high"},
@@ -58,15 +63,19 @@ def _searchable() -> dict[str, tuple[str, Any]]:
         fields[name] = ("train", train_types[name])
     # The student's pull of user offsets towards the population vector g.
     fields["user_shrinkage"] = ("model", typing.get_type_hints(ModelConfig)["user_shrinkage"])
+    baseline_types = typing.get_type_hints(BaselinesConfig)
+    for keys in BASELINE_KEYS.values():
+        for name in keys:
+            fields[name] = ("baselines", baseline_types[name])
     return fields
 
 
 SEARCHABLE = _searchable()
 
 
-def default_space_path() -> str:
-    """Path of the search space shipped with the ``tuning`` package."""
-    return str(importlib.resources.files("tuning").joinpath(SPACE_FILE))
+def default_space_path(name: str = SPACE_FILE) -> str:
+    """Path of a search space shipped with the ``tuning`` package."""
+    return str(importlib.resources.files("tuning").joinpath(name))
 
 
 def _number(value: Any, where: str, what: str) -> float:
@@ -152,12 +161,9 @@ def check_entry(key: str, spec: Any, source: str = "search space") -> dict:
     return {"type": kind, "low": int(low), "high": int(high), "step": int(step), "log": log}
 
 
-def read_space(path: Optional[str] = None, overrides: Optional[dict] = None) -> dict:
-    """The validated entries of ``path`` (default: the shipped file) with ``overrides``
-    applied: ``{key: spec}`` replaces an entry; a plain value fixes the key to it."""
+def _read_yaml(path: str) -> dict:
     import yaml
 
-    path = path or default_space_path()
     try:
         with open(path) as fh:
             tree = yaml.safe_load(fh) or {}
@@ -168,6 +174,14 @@ def read_space(path: Optional[str] = None, overrides: Optional[dict] = None) -> 
     if not isinstance(tree, dict):
         raise ValueError(f"search space file {path}: expected a mapping of key: spec, "
                          f"got {type(tree).__name__}")
+    return tree
+
+
+def read_space(path: Optional[str] = None, overrides: Optional[dict] = None) -> dict:
+    """The validated entries of ``path`` (default: the shipped file) with ``overrides``
+    applied: ``{key: spec}`` replaces an entry; a plain value fixes the key to it."""
+    path = path or default_space_path()
+    tree = _read_yaml(path)
     entries = {key: check_entry(key, spec, path) for key, spec in tree.items()}
     for key, spec in (overrides or {}).items():
         entries[key] = check_entry(key, spec, "search space override")
@@ -194,13 +208,37 @@ def _domain(spec: dict) -> Any:
     return tune.qrandint(spec["low"], spec["high"], spec["step"])
 
 
+def read_baseline_spaces(path: Optional[str] = None) -> dict:
+    """``{method: {key: spec}}`` of the baselines' own searches (default: the shipped
+    ``tuning/baselines.yaml``). A method may only vary its own settings (:data:`BASELINE_KEYS`)."""
+    path = path or default_space_path(BASELINE_SPACE_FILE)
+    out = {}
+    for method, entries in _read_yaml(path).items():
+        if method not in BASELINE_KEYS:
+            raise ValueError(f"{path}: unknown baseline {method!r}; baselines: {sorted(BASELINE_KEYS)}")
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError(f"{path}: {method}: expected a mapping of key: spec")
+        for key in entries:
+            if key not in BASELINE_KEYS[method]:
+                raise ValueError(f"{path}: {method}: {key!r} is not a setting of {method}; "
+                                 f"it has {list(BASELINE_KEYS[method])}")
+        out[method] = {key: check_entry(key, spec, f"{path}: {method}")
+                       for key, spec in entries.items()}
+    return out
+
+
+def domains(entries: dict) -> dict:
+    """Ray Tune domains of validated entries (see :func:`load_space`)."""
+    return {key: _domain(spec) for key, spec in entries.items()}
+
+
 def load_space(path: Optional[str] = None, overrides: Optional[dict] = None) -> dict:
     """Ray Tune search space (``param_space``) from the YAML at ``path`` plus ``overrides``.
 
     Returns ``{key: tune domain}`` (``fixed`` entries as plain constants), ready for
     ``Tuner(param_space=...)`` and a multi-objective ``OptunaSearch``.
     """
-    return {key: _domain(spec) for key, spec in read_space(path, overrides).items()}
+    return domains(read_space(path, overrides))
 
 
 def apply_params(config: PipelineConfig, params: dict) -> PipelineConfig:

@@ -25,12 +25,21 @@ SECTIONS = ("evaluate",)
 KEEP = ["row_id", "user_id", "group", "support_rate", "user_type"]
 
 
+def tuned_baselines(ctx: StageContext) -> dict:
+    """``{method: search summary}`` of the baselines the tune stage searched (may be empty)."""
+    if not (is_active(ctx.cfg, "tune") and is_done(ctx, "tune")):
+        return {}
+    return ctx.run_dir.read_json("tune", "summary.json").get("baseline_searches") or {}
+
+
 def method_models(ctx: StageContext) -> dict:
+    """Each method's saved model; a baseline whose own search chose a setting is that one."""
     run_dir, cfg = ctx.run_dir, ctx.cfg
     models = {"vanilla": run_dir.uri("teachers", "vanilla")}
+    tuned = tuned_baselines(ctx)
     if is_active(cfg, "baselines"):
         for m in cfg.baselines.methods:
-            models[m] = run_dir.uri("baselines", m)
+            models[m] = (tuned.get(m) or {}).get("model") or run_dir.uri("baselines", m)
     models["pafo"] = run_dir.uri("distill", "student")
     if run_dir.exists("distill", "student_default", "config.json"):
         models["pafo_default"] = run_dir.uri("distill", "student_default")
@@ -98,6 +107,13 @@ def _notes(ctx: StageContext, unknown: int, rows: int) -> list:
     notes = list(run_dir.read_json("teachers", "summary.json").get("fallbacks", {}).values())
     distill = run_dir.read_json("distill", "summary.json")
     notes.append(f"pafo student weights from {distill['origin']}: {distill['settings']}")
+    for method, found in tuned_baselines(ctx).items():
+        if found.get("chosen"):
+            notes.append(f"{method}: its own search ({found['trials']} trials, the same rule) "
+                         f"chose {found['chosen']['params']}")
+        else:
+            notes.append(f"{method}: its own search met no constraint ({found['message']}); "
+                         "the default setting is reported")
     prepare = run_dir.read_json("prepare", "summary.json")
     groups = run_dir.read_json("groups", "summary.json")
     moved = (f", {groups['users_moved']} users moved from their support group"

@@ -7,8 +7,14 @@ front, the highest minority accuracy whose majority accuracy is at least vanilla
 When no trial meets it, nothing is chosen and the distill stage keeps its configured
 weights; vanilla is never passed off as PAFO.
 
+With ``tune.tune_baselines`` each baseline gets its own search of its own setting
+(``tuning/baselines.yaml``: reweight_power, groupdro_eta, fairness_alpha) with the same budget,
+sampler and rule; its chosen setting is trained in-process and saved as
+``tune/baselines/<method>/``, which evaluate compares instead of the default-setting baseline
+(a baseline whose search meets no constraint keeps its default setting, and says so).
+
 Outputs in ``tune/``: ``trials.parquet`` / ``trials.csv`` (every trial's params and
-metrics), ``front.csv``, ``pareto_front.png``. The Tune experiment itself lives in
+metrics), ``front.csv``, ``baselines_<method>.csv``, ``pareto_front.png``. The Tune experiment itself lives in
 ``_ray/tune/search-<hash>`` — outside this folder, which the runner clears — so a rerun
 after a kill restores it instead of training every trial again.
 """
@@ -33,9 +39,12 @@ def hash_payload(cfg) -> str:
     import json
 
     from tuning.search import space_overrides
-    from tuning.space import read_space
+    from tuning.space import read_baseline_spaces, read_space
 
     space = read_space(cfg.tune.space, space_overrides(cfg))
+    if cfg.tune.tune_baselines and is_active(cfg, "baselines"):
+        space = {"pafo": space, "baselines": read_baseline_spaces(cfg.tune.baseline_space),
+                 "settings": cfg.section_hash("baselines")}
     payload = cfg.section_hash(*SECTIONS) + json.dumps(space, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -120,12 +129,19 @@ def run(ctx: StageContext) -> dict:
     if not math.isfinite(baseline_majority):
         raise RuntimeError("teachers/summary.json has no finite vanilla val_majority_accuracy: "
                            "rerun `pafo-ray teachers --force`")
-    outcome = run_search(cfg, load_student_data(cfg),
-                         storage_path=ctx.run_dir.uri("_ray", "tune"),
+    data = load_student_data(cfg)
+    outcome = run_search(cfg, data, storage_path=ctx.run_dir.uri("_ray", "tune"),
                          name=f"search-{stage_hash(ctx, NAME)}")
     trials = outcome.trials
     selection = select(trials, baseline_majority=baseline_majority, epsilon=cfg.tune.epsilon)
     front = pareto_front(trials)
+    baselines = {}
+    if cfg.tune.tune_baselines and is_active(cfg, "baselines"):
+        baselines = search_baselines(ctx, data, baseline_majority)
+        for method, found in baselines.items():
+            if found["chosen"]:
+                points[method] = (found["chosen"]["val_majority_accuracy"],
+                                  found["chosen"]["val_minority_accuracy"])
 
     _write_table(ctx, trials, "trials.parquet")
     _write_table(ctx, trials, "trials.csv")
@@ -152,7 +168,46 @@ def run(ctx: StageContext) -> dict:
         "search_seconds": outcome.seconds,
         "plot": plot,
         "resumed": outcome.resumed,
+        "baseline_searches": baselines,
     }
+
+
+def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
+    """Each baseline's own search (same budget, sampler, seed and rule as the student's); the
+    chosen setting trained in-process and saved as ``tune/baselines/<method>``."""
+    from pafo_ray.storage import upload_dir
+    from pafo_ray.train.inmemory import train_student
+    from tuning.pareto import select
+    from tuning.search import run_search
+    from tuning.space import apply_params, domains, read_baseline_spaces
+
+    cfg = ctx.cfg
+    spaces = read_baseline_spaces(cfg.tune.baseline_space)
+    out = {}
+    for method in cfg.baselines.methods:
+        if method not in spaces:
+            continue
+        outcome = run_search(cfg, data, storage_path=ctx.run_dir.uri("_ray", "tune"),
+                             name=f"search-{stage_hash(ctx, NAME)}-{method}", method=method,
+                             param_space=domains(spaces[method]))
+        selection = select(outcome.trials, baseline_majority=baseline_majority,
+                           epsilon=cfg.tune.epsilon)
+        _write_table(ctx, outcome.trials, f"baselines_{method}.csv")
+        found = {"trials": len(outcome.trials), "errors": outcome.errors,
+                 "front": [trial_record(r) for r in selection.front],
+                 "chosen": trial_record(selection.chosen) if selection.chosen else None,
+                 "message": selection.message, "model": None,
+                 "search_seconds": outcome.seconds}
+        if selection.chosen:
+            model, metrics = train_student(data, apply_params(cfg, found["chosen"]["params"]),
+                                           method=method)
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp)
+                upload_dir(tmp, ctx.run_dir, NAME, "baselines", method)
+            found["model"] = ctx.run_dir.uri(NAME, "baselines", method)
+            found["val_metrics"] = {k: _clean(v) for k, v in metrics.items()}
+        out[method] = found
+    return out
 
 
 def describe(summary: dict) -> str:
@@ -163,5 +218,15 @@ def describe(summary: dict) -> str:
     else:
         pick = "chose none (distill keeps its configured weights)"
     resumed = ", resumed" if summary.get("resumed") else ""
+    tuned = summary.get("baseline_searches") or {}
+    others = ""
+    if tuned:
+        others = "; baselines tuned: " + ", ".join(
+            f"{m} {_setting(f['chosen']['params']) if f['chosen'] else 'default (none met the rule)'}"
+            for m, f in tuned.items())
     return (f"{len(summary['trials'])} trials{resumed}, front of {len(summary['front'])}, {pick}; "
-            f"rule: {summary['rule']}")
+            f"rule: {summary['rule']}{others}")
+
+
+def _setting(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

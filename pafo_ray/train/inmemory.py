@@ -54,8 +54,14 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
                        cache=read_cache(run_dir.uri("embed", "cache")))
 
 
-def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int] = None):
-    """Fit a student with ``cfg.distill``/``cfg.train``; returns (RewardModel, val metrics)."""
+def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int] = None,
+                  method: str = "pafo"):
+    """Fit a student with ``cfg.distill``/``cfg.train``; returns (RewardModel, val metrics).
+
+    ``method`` other than ``pafo`` (a baseline: reweight, groupdro, fairness_penalty) trains
+    that objective with ``cfg.baselines`` on the labelled training rows instead: the baselines'
+    own searches use the same data, model and trainer as the student's.
+    """
     import torch
 
     from pafo_ray.models import RewardModel
@@ -67,15 +73,20 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     seed = cfg.run.seed if seed is None else seed
     torch.manual_seed(seed)
     names = J.names(cfg)
-    targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats,
-                              cfg.margins.extra_pairs_per_user)
-    frame = distill_targets(data.train, targets, names)
+    if method == "pafo":
+        targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats,
+                                  cfg.margins.extra_pairs_per_user)
+        frame = distill_targets(data.train, targets, names)
+    else:
+        frame = data.train
+        if "labelled" in frame:
+            frame = frame[frame["labelled"].fillna(True).astype(bool)]
     model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
     umap = user_map(model.user_ids)
     train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache)
     val_rows = build_rows(data.val, users=umap, group_names=names, cache=data.cache)
     scorer = PairScorer(model)
-    metrics = fit(scorer, train_rows, val_rows, Objective(**J.objective_for("pafo", cfg)),
+    metrics = fit(scorer, train_rows, val_rows, Objective(**J.objective_for(method, cfg)),
                   epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                   weight_decay=cfg.train.weight_decay, group_names=names, cache=data.cache,
                   seed=seed)

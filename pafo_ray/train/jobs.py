@@ -16,7 +16,7 @@ def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
     if method in ("vanilla", "teacher"):
         return {**base, "kind": "bt"}
     if method == "reweight":
-        return {**base, "kind": "reweight"}
+        return {**base, "kind": "reweight", "reweight_power": cfg.baselines.reweight_power}
     if method == "groupdro":
         return {**base, "kind": "groupdro", "groupdro_eta": cfg.baselines.groupdro_eta}
     if method == "fairness_penalty":

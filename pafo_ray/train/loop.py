@@ -74,6 +74,7 @@ class Objective:
     kind: str = "bt"
     num_groups: int = 2
     group_weight: Optional[list] = None
+    reweight_power: float = 1.0
     groupdro_eta: float = 0.05
     fairness_alpha: float = 1.0
     distill_loss: str = "mse"
@@ -91,7 +92,7 @@ class Objective:
         """Fix the per-group weights from the training rows (reweight)."""
         if self.kind == "reweight" and self.group_weight is None:
             self.group_weight = losses.inverse_frequency_weights(
-                train.group_index, self.num_groups).tolist()
+                train.group_index, self.num_groups, self.reweight_power).tolist()
 
     def row_weight(self, rows: Rows, device=None) -> torch.Tensor:
         weight = rows.weight
