@@ -28,13 +28,35 @@ class StudentData:
 
 
 def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
+    """Parquet rows under ``uri`` as one frame; ``columns`` limits what is read (names the
+    files lack are skipped)."""
     import pyarrow.dataset as pads
 
     from pafo_ray.storage import _split_uri
 
     fs, path = _split_uri(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table(
-        columns=columns).to_pandas()
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    if columns is not None:
+        columns = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=columns).to_pandas()
+
+
+# What a frozen-mode student reads of the rows: ids, weights, groups and every teacher margin,
+# not the texts (the cache holds their embeddings). At millions of rows the texts would be most
+# of the memory, and every trial receives this data through the object store.
+_STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "weight",
+                    "group", "user_group", "labelled", "extra_rank"]
+
+
+def _student_frame(uri: str) -> pd.DataFrame:
+    import pyarrow.dataset as pads
+
+    from pafo_ray.storage import _split_uri
+
+    fs, path = _split_uri(uri)
+    names = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema.names
+    margins = [c for c in names if c.startswith("margin_") and not c.endswith("_unknown_user")]
+    return read_frame(uri, _STUDENT_COLUMNS + margins)
 
 
 def load_student_data(cfg: PipelineConfig) -> StudentData:
@@ -44,11 +66,11 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
     run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
     if cfg.model.mode != "frozen":
         raise ValueError("in-process students need model.mode=frozen (finetune trains in Ray Train)")
-    train = read_frame(run_dir.uri("margins", "rows", "split=train"))
+    train = _student_frame(run_dir.uri("margins", "rows", "split=train"))
     if run_dir.exists("margins", "rows", "split=extra"):  # the trials choose how many to use
-        extra = read_frame(run_dir.uri("margins", "rows", "split=extra"))
-        train = pd.concat([train, extra.assign(split="extra")], ignore_index=True)
-    val = read_frame(run_dir.uri("groups", "data", "split=val"))
+        extra = _student_frame(run_dir.uri("margins", "rows", "split=extra"))
+        train = pd.concat([train, extra], ignore_index=True)
+    val = read_frame(run_dir.uri("groups", "data", "split=val"), _STUDENT_COLUMNS)
     return StudentData(train=train, val=val, users=load_users(run_dir),
                        teacher_stats=run_dir.read_json("margins", "teacher_stats.json"),
                        cache=read_cache(run_dir.uri("embed", "cache")))

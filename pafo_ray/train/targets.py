@@ -37,7 +37,9 @@ def target_settings(distill, teachers_init: str, stats: dict, extra_per_user: in
                          "margins.extra_pairs_per_user (and rerun `pafo-ray margins`) or lower it")
     return {"margin_norm": distill.margin_norm, "scope": distill.scope, "stats": stats,
             "suffix": teacher_suffix(teachers_init, distill.teacher_init),
-            "extra_fraction": distill.extra_pairs / extra_per_user if extra_per_user else 0.0,
+            # λ = 0: unlabelled rows would carry nothing but dilute the batches.
+            "extra_fraction": (distill.extra_pairs / extra_per_user
+                               if extra_per_user and distill.lam > 0 else 0.0),
             "extra_users": distill.extra_users}
 
 
