@@ -252,7 +252,7 @@ def _plot_front(ax, run: dict) -> None:
 
     ax.scatter(*xy(tune["trials"]), s=14, color="0.6", label="trials")
     fx, fy = xy(sorted(tune["front"] or [], key=lambda r: r.get(majority) or 0))
-    ax.plot(fx, fy, "-o", color="C3", ms=5, label="Pareto front")
+    ax.plot(fx, fy, "-o", color="k", ms=4, label="Pareto front (pafo trials)")
     if tune.get("chosen"):
         ax.scatter(*xy([tune["chosen"]]), s=160, marker="*", color="gold", edgecolor="k",
                    zorder=5, label="chosen (pafo)")
@@ -262,7 +262,7 @@ def _plot_front(ax, run: dict) -> None:
                        color=_color(name))
     ax.set_xlabel("validation majority-group accuracy (%)")
     ax.set_ylabel("validation minority-group accuracy (%)")
-    ax.set_title(f"seed {run['seed']}: the search on validation (support groups)")
+    ax.set_title(f"seed {run['seed']}: the search on validation (by group)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 

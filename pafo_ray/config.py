@@ -159,7 +159,8 @@ class TrainConfig:
     use_gpu: bool = _f(False, "Give each worker a GPU.")
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
     max_failures: int = _f(2, "Worker failures tolerated; training resumes from the last checkpoint.")
-    checkpoint_every: int = _f(5, "Save a checkpoint every N epochs (and at the end).")
+    checkpoint_every: int = _f(5, "Save a checkpoint every N epochs (and at the end); each "
+                               "checkpoint report carries the epochs' metrics since the last.")
     select_regularization: bool = _f(True, "Frozen mode: pick weight_decay and "
                                      "model.user_shrinkage on validation accuracy of vanilla "
                                      "(stage `regularize`) and use them for every model.")
