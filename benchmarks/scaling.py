@@ -41,9 +41,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def run_size(rows: int, args) -> list:
+    from benchmarks.prepare import generate
     from pafo_ray.config import load_config
     from pafo_ray.stages.base import StageContext, run_stage
-    from benchmarks.prepare import generate
 
     gen_args = argparse.Namespace(users=None, rows_per_file=250_000, bench_dir=args.bench_dir)
     folder = generate(rows, gen_args)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train [--prompts 1200] [--no-minilm] [--smoke] [section.key=value ...]
 
-Runs ``input -> prepare -> embed`` once (frozen mode, built-in generator with
+Runs ``input -> prepare -> embed -> groups`` once (frozen mode, built-in generator with
 ``--prompts`` prompts, every other setting the default) into ``<storage>/bench-train``,
 then measures:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -68,12 +69,13 @@ def build_config(args, name: str, prompts: int, extra: dict | None = None):
 
 
 def prepare_run(cfg):
-    """input, prepare, embed (each skipped when complete) -> StageContext."""
-    from pafo_ray.stages.base import StageContext, run_stage
+    """input .. groups (each skipped when complete) -> StageContext."""
+    from pafo_ray.stages.base import StageContext, is_active, run_stage
 
     ctx = StageContext.create(cfg)
-    for stage in ("input", "prepare", "embed"):
-        run_stage(ctx, stage)
+    for stage in ("input", "prepare", "embed", "regularize", "groups"):
+        if is_active(cfg, stage):
+            run_stage(ctx, stage)
     return ctx
 
 
@@ -168,7 +170,9 @@ def steps_per_second(epochs: list) -> float:
 def bench_steps(ctx) -> list:
     job = vanilla_job(ctx, "steps")
     wall, value = ray_fit(ctx, job)
-    epochs = [m for m in value["reports"] if "train_seconds" in m]
+    # Workers report at checkpoints; each report carries the epochs since the last one.
+    epochs = [e for m in value["reports"] for e in json.loads(m.get("epoch_history", "[]"))
+              if "train_seconds" in e]
     ray_sps, threads = steps_per_second(epochs), value["threads"]
     plain_wall, plain = plain_fit(ctx, job, threads)
     plain_sps = steps_per_second(plain)
@@ -196,7 +200,7 @@ def teacher_jobs(ctx, tag: str) -> list:
     from pafo_ray.train import jobs as J
     from pafo_ray.train.ray_train import TrainJob
 
-    summary = ctx.run_dir.read_json("prepare", "summary.json")
+    summary = ctx.run_dir.read_json("groups", "summary.json")
     counts = J.train_row_counts(ctx.run_dir)
     jobs = [vanilla_job(ctx, tag)]
     for g in J.names(ctx.cfg):

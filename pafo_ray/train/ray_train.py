@@ -135,8 +135,8 @@ def train_func(config: dict) -> None:
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
         done = epoch + 1
-        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_accuracy")
-                        if k in metrics})
+        history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_seconds", "steps",
+                                                "val_accuracy") if k in metrics})
         if done % cfg.train.checkpoint_every and done != epochs:
             # A report is a round trip to the controller (~1-2 s with several trainers on 2
             # cores, where an epoch of a head takes milliseconds): every epoch's metrics go
