@@ -92,7 +92,11 @@ def run(ctx: StageContext) -> dict:
         ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = (ds.map_batches(_texts, batch_format="pyarrow", batch_size=None)
              .repartition(max(1, min(data_parallelism(), 8)), keys=["text_id"])
-             .map_batches(_distinct, batch_format="pyarrow", batch_size=None))
+             .map_batches(_distinct, batch_format="pyarrow", batch_size=None)
+             # A hash partition is one block of every text it holds; handed to an actor whole
+             # it held ~5 GiB there at 1M rows and was killed for memory at 5M. Blocks of a
+             # few batches keep the actors' memory flat whatever the data size.
+             .repartition(target_num_rows_per_block=max(4096, 64 * e.batch_size)))
     device = "cuda" if e.num_gpus_per_actor > 0 else "cpu"
     embedded = texts.map_batches(
         Embedder, batch_format="pyarrow", batch_size=e.batch_size,
