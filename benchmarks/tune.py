@@ -1,6 +1,7 @@
 """Does the multi-objective Optuna search find a better Pareto front than random search?
 
-    python -m benchmarks.tune [--trials N] [--seeds 0 1 2] [--smoke] [section.key=value ...]
+    python -m benchmarks.tune [--trials N] [--seeds 0 1 2] [--regime builtin-80] [--smoke]
+                              [section.key=value ...]
 
 Runs the pipeline up to ``margins``/``baselines`` once into a bench run directory (stages
 already complete there are skipped), loads the student data once, then runs
@@ -15,6 +16,7 @@ both groups). An experiment already present under ``_ray/bench-tune`` is restore
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -41,6 +43,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="sampler seeds (0 1 2; smoke 0)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    parser.add_argument("--regime", default="default",
+                        choices=["default", "builtin-60", "builtin-80", "builtin-95", "dsp"],
+                        help="data: the built-in default, or one of the quality suite's biased "
+                             "regimes with its settings (frozen minilm, 30 epochs, both inits)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--storage", default="./pafo_runs", help="run.storage_path of the bench run")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -52,9 +58,15 @@ def build_config(args):
 
     values = {"run.storage_path": args.storage,
               "run.run_name": "bench-tune-smoke" if args.smoke else "bench-tune"}
+    if args.regime != "default":
+        from benchmarks.quality import COMMON, DATASETS
+
+        values.update({**DATASETS[args.regime], **COMMON,
+                       "run.run_name": f"bench-tune-{args.regime}"})
     if args.smoke:
         values.update(SMOKE)
-    return load_config(None, [f"{k}={v}" for k, v in values.items()] + list(args.overrides))
+    return load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                              for k, v in values.items()] + list(args.overrides))
 
 
 def prepare_inputs(cfg):

@@ -12,6 +12,15 @@ import pandas as pd
 
 SCORE_COLUMNS = ["row_id", "user_id", "prompt", "chosen", "rejected", "chosen_text_id",
                  "rejected_text_id", "weight", "group", "split"]
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def score_columns(cfg) -> list:
+    """The columns a scorer reads: frozen mode scores cached vectors by text id, so it leaves
+    the texts (most of a row's bytes) unread, and the rows it writes carry none."""
+    if cfg.model.mode == "frozen":
+        return [c for c in SCORE_COLUMNS if c not in TEXT_COLUMNS]
+    return list(SCORE_COLUMNS)
 
 
 class MarginScorer:

@@ -297,6 +297,10 @@ def test_both_teacher_sets_train_and_get_scored(prepared):
     stats = ctx.run_dir.read_json("margins", "teacher_stats.json")
     assert set(stats) == {*GROUPS, *(g + "_ft" for g in GROUPS)}
     frame = read_frame(ctx.run_dir.uri("margins", "rows", "split=train"))
+    # Frozen mode scores cached vectors by text id: the texts are neither read nor written.
+    assert ctx.cfg.model.mode == "frozen"
+    assert {"chosen_text_id", "rejected_text_id"} <= set(frame.columns)
+    assert not {"prompt", "chosen", "rejected"} & set(frame.columns)
     for g in GROUPS:
         assert np.isfinite(frame[f"margin_{g}_ft"]).all()
         assert not np.allclose(frame[f"margin_{g}_ft"], frame[f"margin_{g}"])

@@ -50,11 +50,11 @@ def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
     """One row per test row: the kept columns plus ``margin_<method>`` for each method."""
     import ray.data
 
-    from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
+    from pafo_ray.scoring import score_columns, score_dataset
 
     cfg = ctx.cfg
     ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split)).select_columns(
-        SCORE_COLUMNS + ["support_rate", "user_type"])
+        score_columns(cfg) + ["support_rate", "user_type"])
     ds = score_dataset(ds, {f"margin_{m}": uri for m, uri in models.items()}, cfg.to_dict(),
                        batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
                        num_gpus=cfg.margins.num_gpus_per_actor)

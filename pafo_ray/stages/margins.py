@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict:
     import ray.data
 
     from pafo_ray.data.extra import copies_per_row
-    from pafo_ray.scoring import SCORE_COLUMNS, score_dataset
+    from pafo_ray.scoring import score_columns, score_dataset
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     from pafo_ray.stages.teachers import teacher_names
@@ -85,7 +85,7 @@ def run(ctx: StageContext) -> dict:
             raise RuntimeError(f"teacher '{g}' has no complete checkpoint at "
                                f"{run_dir.uri('teachers', g)}: rerun `pafo-ray teachers --force`")
         stats[g] = _margin_stats(run_dir, g)
-    columns = SCORE_COLUMNS + ["support_rate", "user_type"]
+    columns = score_columns(cfg) + ["support_rate", "user_type"]
     ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val")
                                ).select_columns(columns)
     groups = user_groups(run_dir, cfg)

@@ -89,18 +89,23 @@ def user_map(user_ids: list) -> dict:
     return {u: i for i, u in enumerate(user_ids)}
 
 
+def _tensor(series: pd.Series, dtype) -> torch.Tensor:
+    """A tensor over a writable copy: pandas may hand out a read-only view of Arrow memory."""
+    return torch.from_numpy(series.to_numpy(dtype, copy=True))
+
+
 def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
                cache: Optional[Cache] = None, encoder=None) -> Rows:
     """Tensors for ``frame`` (prepared rows, optionally with teacher targets)."""
-    user_index = torch.as_tensor(frame["user_id"].map(users).fillna(-1).to_numpy(np.int64))
+    user_index = _tensor(frame["user_id"].map(users).fillna(-1), np.int64)
     index = {name: i for i, name in enumerate(group_names)}
     unknown = set(frame["group"].unique()) - set(index)
     if unknown:
         raise ValueError(f"rows carry groups {sorted(unknown)} not in {group_names}")
     rows = Rows(
         user_index=user_index,
-        group_index=torch.as_tensor(frame["group"].map(index).to_numpy(np.int64)),
-        weight=torch.as_tensor(frame["weight"].fillna(1.0).to_numpy(np.float32)),
+        group_index=_tensor(frame["group"].map(index), np.int64),
+        weight=_tensor(frame["weight"].fillna(1.0), np.float32),
     )
     if cache is not None:
         rows.chosen_index = cache.index_of(frame["chosen_text_id"].to_numpy(np.int64))
@@ -109,10 +114,10 @@ def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
         rows.chosen_tokens = encoder.tokenize(list(frame["prompt"]), list(frame["chosen"]))
         rows.rejected_tokens = encoder.tokenize(list(frame["prompt"]), list(frame["rejected"]))
     if "teacher_margin" in frame:
-        rows.teacher_margin = torch.as_tensor(frame["teacher_margin"].to_numpy(np.float32))
-        rows.distill_mask = torch.as_tensor(frame["distill_mask"].to_numpy(np.float32))
+        rows.teacher_margin = _tensor(frame["teacher_margin"], np.float32)
+        rows.distill_mask = _tensor(frame["distill_mask"], np.float32)
     if "labelled" in frame and not frame["labelled"].fillna(True).astype(bool).all():
-        rows.label_mask = torch.as_tensor(frame["labelled"].fillna(True).to_numpy(np.float32))
+        rows.label_mask = _tensor(frame["labelled"].fillna(True), np.float32)
     rows.extra = {c: frame[c].to_numpy() for c in ("row_id", "user_id") if c in frame}
     return rows
 
