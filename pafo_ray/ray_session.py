@@ -14,6 +14,22 @@ from pafo_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 
+# One object per worker process, fetched from the object store once: Ray Data calls a map
+# function per batch, and a user table passed by reference would be fetched for every batch.
+_FETCHED: dict = {}
+
+
+def fetch_once(ref):
+    """``ray.get(ref)``, cached in this worker for as long as the same ``ref`` comes back."""
+    import ray
+
+    key = ref.hex()
+    if key not in _FETCHED:
+        if len(_FETCHED) >= 4:  # a later stage's refs replace an earlier one's
+            _FETCHED.pop(next(iter(_FETCHED)))
+        _FETCHED[key] = ray.get(ref)
+    return _FETCHED[key]
+
 # Train V2's preemption watcher and metrics cost ~6 s per fit on small machines
 # (RAY_NOTES); a user's own environment still wins.
 _QUIET_ENV = {

@@ -37,8 +37,6 @@ SECTIONS = ("groups",)
 # with a population term, whatever head the run trains.
 HASHED_MODEL_FIELDS = ("rank", "user_shrinkage")
 
-_USER_TABLES: dict = {}
-
 
 def hash_payload(cfg) -> str:
     model = {k: getattr(cfg.model, k) for k in HASHED_MODEL_FIELDS}
@@ -61,13 +59,9 @@ def read_users(run_dir, stage: str = NAME) -> pd.DataFrame:
 
 def _regroup(batch: pa.Table, users_ref) -> pa.Table:
     """Replace each row's ``group`` by its user's group."""
-    import ray
+    from pafo_ray.ray_session import fetch_once
 
-    key = users_ref.hex()
-    if key not in _USER_TABLES:
-        _USER_TABLES.clear()
-        _USER_TABLES[key] = ray.get(users_ref)
-    table = _USER_TABLES[key]
+    table = fetch_once(users_ref)
     users = batch.column("user_id").to_numpy(zero_copy_only=False).astype(str)
     groups = table.reindex(users).to_numpy(dtype=object)
     index = batch.schema.get_field_index("group")

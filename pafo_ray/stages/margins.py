@@ -23,17 +23,11 @@ NAME = "margins"
 DEPENDS = ["teachers"]
 SECTIONS = ("margins",)
 
-_USERS: dict = {}
-
 
 def _add_user_group(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
-    import ray
+    from pafo_ray.ray_session import fetch_once
 
-    key = users_ref.hex()
-    if key not in _USERS:
-        _USERS.clear()
-        _USERS[key] = ray.get(users_ref)
-    table = _USERS[key]
+    table = fetch_once(users_ref)
     batch["user_group"] = table.reindex(batch["user_id"].astype(str)).to_numpy(dtype=object)
     return batch
 
@@ -43,15 +37,10 @@ def _labelled(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def _extra(batch: pd.DataFrame, users_ref, per_row: float, seed: int) -> pd.DataFrame:
-    import ray
-
     from pafo_ray.data.extra import extra_rows
+    from pafo_ray.ray_session import fetch_once
 
-    key = users_ref.hex()
-    if key not in _USERS:
-        _USERS.clear()
-        _USERS[key] = ray.get(users_ref)
-    return extra_rows(batch, _USERS[key], per_row, seed)
+    return extra_rows(batch, fetch_once(users_ref), per_row, seed)
 
 
 def user_groups(run_dir, cfg) -> pd.Series:

@@ -31,8 +31,6 @@ NAME = "prepare"
 DEPENDS = ["input"]
 SECTIONS = ("data", "prepare")
 
-_USER_TABLES: dict = {}
-
 
 def _read_validate(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction):
     from pafo_ray.data.formats import normalize_preferences
@@ -81,13 +79,9 @@ def _label(batch: pa.Table, *, level, tau, names, users_ref=None) -> pa.Table:
 
 
 def _user_table(ref) -> pd.DataFrame:
-    import ray
+    from pafo_ray.ray_session import fetch_once
 
-    key = ref.hex()
-    if key not in _USER_TABLES:
-        _USER_TABLES.clear()
-        _USER_TABLES[key] = ray.get(ref)
-    return _USER_TABLES[key]
+    return fetch_once(ref)
 
 
 SPLITS = ("train", "val", "test")
