@@ -239,7 +239,8 @@ class TuneConfig:
     baseline_space: Optional[str] = _f(None, "YAML of the baselines' search spaces (None: "
                                        "tuning/baselines.yaml).")
     cpus_per_trial: float = _f(1.0, "CPUs per trial.")
-    gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU).")
+    gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU); > 0 trains each "
+                                    "trial on cuda when the trial sees one.")
 
 
 @dataclass

@@ -53,6 +53,26 @@ def synthetic_student_data(num_users=30, rows_per_user=10, dim=8, seed=0) -> Stu
                        cache=Cache(text_ids, torch.from_numpy(vectors)))
 
 
+def test_student_on_an_explicit_device_matches_the_default_and_comes_back_on_cpu(tmp_path):
+    """``tune.gpus_per_trial > 0`` trains trials on ``cuda``: the device path must be the same
+    computation (here on ``cpu``, the device this machine has) and hand back a CPU model."""
+    from pafo_ray.train.inmemory import train_student, trial_device
+
+    cfg = load_config(None, small_overrides(tmp_path, **{"train.epochs": 2}))
+    data = synthetic_student_data()
+    plain, plain_metrics = train_student(data, cfg)
+    moved, moved_metrics = train_student(data, cfg, device="cpu")
+    timing = ("train_seconds",)
+    assert ({k: v for k, v in plain_metrics.items() if k not in timing}
+            == {k: v for k, v in moved_metrics.items() if k not in timing})
+    assert plain_metrics["val_minority_accuracy"] > 0.5  # a trained student, not a no-op
+    for a, b in zip(plain.state_dict().values(), moved.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(p.device.type == "cpu" for p in moved.parameters())
+    assert trial_device(0.0) is None
+    assert trial_device(0.5) == ("cuda" if torch.cuda.is_available() else None)
+
+
 def assert_non_dominated(front: list) -> None:
     points = [(p[MAJORITY], p[MINORITY]) for p in front]
     for i, a in enumerate(points):

@@ -92,10 +92,11 @@ def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None,
     """
     from ray import tune
 
-    from pafo_ray.train.inmemory import train_student
+    from pafo_ray.train.inmemory import train_student, trial_device
     from tuning.space import apply_params
 
-    _, metrics = train_student(data, apply_params(cfg, params), method=method)
+    _, metrics = train_student(data, apply_params(cfg, params), method=method,
+                               device=trial_device(cfg.tune.gpus_per_trial))
     report = {name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS}
     tune.report({**report, "params": dict(params)})
 

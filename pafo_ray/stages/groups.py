@@ -86,14 +86,15 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     rows = read_frame(run_dir.uri("prepare", "data", "split=train"),
                       columns=["user_id", "chosen_text_id", "rejected_text_id"])
     user_pos = {u: i for i, u in enumerate(users["user_id"])}
-    user_index = torch.as_tensor(rows["user_id"].astype(str).map(user_pos).to_numpy(np.int64))
+    user_index = torch.from_numpy(
+        rows["user_id"].astype(str).map(user_pos).to_numpy(np.int64, copy=True))
     with torch.no_grad():
         base = model.head.base
         chosen = cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))
         rejected = cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))
         x = base(cache.vectors[chosen]) - base(cache.vectors[rejected])  # [n, K]
     index = {g: i for i, g in enumerate(names)}
-    initial = torch.as_tensor(users["support_group"].map(index).to_numpy(np.int64))
+    initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
                             l2=cfg.groups.l2)
     users = users.assign(group=np.asarray(names, dtype=object)[result.groups.numpy()],

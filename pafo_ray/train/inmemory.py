@@ -76,13 +76,22 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
                        cache=read_cache(run_dir.uri("embed", "cache")))
 
 
+def trial_device(gpus: float) -> Optional[str]:
+    """``"cuda"`` when this process was given GPUs (``tune.gpus_per_trial``) and sees one."""
+    import torch
+
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else None
+
+
 def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int] = None,
-                  method: str = "pafo"):
+                  method: str = "pafo", device: Optional[str] = None):
     """Fit a student with ``cfg.distill``/``cfg.train``; returns (RewardModel, val metrics).
 
     ``method`` other than ``pafo`` (a baseline: reweight, groupdro, fairness_penalty) trains
     that objective with ``cfg.baselines`` on the labelled training rows instead: the baselines'
-    own searches use the same data, model and trainer as the student's.
+    own searches use the same data, model and trainer as the student's. ``device`` (e.g.
+    ``"cuda"``) trains there: the rows stay on the CPU and each batch moves; the model comes
+    back on the CPU.
     """
     import torch
 
@@ -108,11 +117,13 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache)
     val_rows = build_rows(data.val, users=umap, group_names=names, cache=data.cache)
     scorer = PairScorer(model)
+    if device is not None:
+        scorer.to(device)
     metrics = fit(scorer, train_rows, val_rows, Objective(**J.objective_for(method, cfg)),
                   epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                   weight_decay=cfg.train.weight_decay, group_names=names, cache=data.cache,
-                  seed=seed)
-    return model, metrics
+                  seed=seed, device=device)
+    return model.cpu(), metrics
 
 
 def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: float,
