@@ -33,6 +33,12 @@ def record(suite: str, figure: str, value: float, baseline: Optional[float] = No
     return row
 
 
+def as_overrides(values: dict) -> list:
+    """``{"section.key": value}`` -> ``["section.key=value", ...]`` as the CLI takes them: strings
+    as they are, everything else (None, lists, numbers, booleans) as JSON."""
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
+
+
 def median(values) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else math.nan

@@ -51,6 +51,7 @@ SMOKE = {"model.backbone": "builtin-tiny", "data.generator.num_users": 60,
 
 
 def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool) -> dict:
+    from benchmarks.common import as_overrides
     from pafo_ray.config import load_config
     from pafo_ray.stages.base import StageContext, run_pipeline
 
@@ -60,7 +61,7 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool) -> dic
               "tune.max_concurrent_trials": 2}
     if smoke:
         values.update(SMOKE)
-    overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+    overrides = as_overrides(values)
     ctx = StageContext.create(load_config(None, overrides))
     began = time.time()
     run_pipeline(ctx)

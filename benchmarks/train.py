@@ -50,15 +50,22 @@ SMOKE = {"data.generator.num_users": 60, "data.generator.raters_train": 3,
          "model.max_length": 64}
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=None, help="generator prompts (1200; smoke 40)")
     p.add_argument("--minilm-prompts", type=int, default=240, help="prompts of the minilm run")
     p.add_argument("--no-minilm", action="store_true", help="skip the minilm embed figures")
-    p.add_argument("--margin-copies", type=int, default=40,
+    p.add_argument("--margin-copies", type=positive_int, default=40,
                    help="the margins figure scores the train/val rows this many times over")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the margins figure")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats of the margins figure")
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["steps", "teachers", "embed", "margins"])
     p.add_argument("--storage", default="./pafo_runs", help="run.storage_path of the bench runs")

@@ -16,7 +16,6 @@ both groups). An experiment already present under ``_ray/bench-tune`` is restore
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -54,6 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args):
+    from benchmarks.common import as_overrides
     from pafo_ray.config import load_config
 
     values = {"run.storage_path": args.storage,
@@ -65,8 +65,7 @@ def build_config(args):
                        "run.run_name": f"bench-tune-{args.regime}"})
     if args.smoke:
         values.update(SMOKE)
-    return load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                              for k, v in values.items()] + list(args.overrides))
+    return load_config(None, as_overrides(values) + list(args.overrides))
 
 
 def prepare_inputs(cfg):
