@@ -34,6 +34,8 @@ class RayConfig:
     num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
     object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
     progress_bars: bool = _f(True, "Show Ray Data progress bars.")
+    parquet_reader_v2: bool = _f(False, "Read parquet through Ray Data's DataSourceV2 (2.60's "
+                                 "default). Off: the V1 reader, 3-8 s less per read here.")
 
 
 @dataclass

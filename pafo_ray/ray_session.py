@@ -86,6 +86,9 @@ def _configure_data(cfg: RayConfig) -> None:
     # hash_shuffle was 1.5-2x faster than 2.60's default for the support-rate shuffle.
     ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
     ctx.max_hash_shuffle_aggregators = data_parallelism()
+    # 2.60's DataSourceV2 read_parquet (ListFiles -> ReadFiles) cost 3-8 s per execution on
+    # 2 cores even for 20k rows; the V1 reader 0.1-0.6 s (benchmarks/prepare.py, BENCHMARKS.md).
+    ctx.use_datasource_v2 = cfg.parquet_reader_v2
     ctx.enable_progress_bars = cfg.progress_bars
     ctx.enable_operator_progress_bars = cfg.progress_bars
 
