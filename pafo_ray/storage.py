@@ -16,7 +16,8 @@ from typing import Any, Optional
 SUCCESS = "_SUCCESS.json"
 
 
-def _split_uri(uri: str):
+def split_uri(uri: str):
+    """(pyarrow filesystem, path in its terms) of a URI or local path."""
     from pyarrow import fs as pafs
 
     if "://" not in uri:
@@ -41,7 +42,7 @@ class RunDir:
         self.storage_path = storage_path if "://" in storage_path else os.path.abspath(storage_path)
         self.run_name = run_name
         self.root = join(self.storage_path, run_name)
-        self.fs, self._root_path = _split_uri(self.root)
+        self.fs, self._root_path = split_uri(self.root)
 
     # paths ------------------------------------------------------------
     def uri(self, *parts: str) -> str:

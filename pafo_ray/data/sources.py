@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import posixpath
 from typing import Optional
 
 import pyarrow as pa
@@ -33,9 +34,11 @@ def expand_paths(path: str, suffixes: tuple[str, ...]) -> list[str]:
         if info.type == pafs.FileType.File:
             return [path]
         scheme = path.split("://", 1)[0]
+        _, sep, query = path.partition("?")  # keep ``?endpoint_override=...`` on every file
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        return sorted(f"{scheme}://{i.path}" for i in infos
-                      if i.type == pafs.FileType.File and i.path.endswith(suffixes))
+        return sorted(f"{scheme}://{i.path}{sep}{query}" for i in infos
+                      if i.type == pafs.FileType.File and i.path.endswith(suffixes)
+                      and not posixpath.basename(i.path).startswith((".", "_")))
     if os.path.isdir(path):
         found = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files
                  if f.endswith(suffixes) and not f.startswith((".", "_"))]
@@ -74,8 +77,17 @@ def plan_chunks(source: str, path: str, hf_split: str = "train") -> list[dict]:
     raise DataValidationError(f"unknown data source {source!r}")
 
 
-def read_chunk(chunk: dict) -> pa.Table:
-    """Read one chunk and add ``source_file``, ``source_row`` (0-based) and ``row_id``."""
+def read_chunks(batch: pa.Table, provenance: bool = True) -> pa.Table:
+    """``map_batches`` over :func:`plan_chunks` rows: every chunk of ``batch`` read, concatenated."""
+    chunks = [{k: v for k, v in c.items() if v is not None} for c in batch.to_pylist()]
+    return pa.concat_tables([read_chunk(c, provenance) for c in chunks])
+
+
+def read_chunk(chunk: dict, provenance: bool = True) -> pa.Table:
+    """Read one chunk and add ``source_file``, ``source_row`` (0-based) and ``row_id``.
+
+    ``provenance=False`` reads the chunk as it is stored (a file this project wrote).
+    """
     kind = chunk["kind"]
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -89,6 +101,8 @@ def read_chunk(chunk: dict) -> pa.Table:
         table = pa.table(table) if not isinstance(table, pa.Table) else table
     else:  # pragma: no cover - plan_chunks never makes one
         raise DataValidationError(f"unknown chunk kind {kind!r}")
+    if not provenance:
+        return table
     rows = pa.array(range(chunk["first_row"], chunk["first_row"] + table.num_rows),
                     type=pa.int64())
     row_id = pa.compute.add(rows, pa.scalar(chunk["file_index"] << ROW_ID_FILE_SHIFT, pa.int64()))

@@ -4,10 +4,12 @@
 
 Every vote on a comparison lands in one hash partition, so the support rate is a local
 pyarrow/numpy group-by there: no data is collected to the driver. Row-level groups are
-assigned in the same pass. User-level groups need each user's mean training support
-first: the support pass writes ``_support/``, narrow per-block user aggregates come to the
-driver (users, not rows), and a second pass assigns groups. The same aggregates carry each
-block's counts, so the summary needs no extra pass over the output. Output:
+assigned in the same pass. Each write task hands back narrow aggregates of the block it
+wrote (per user, and the block's counts: :mod:`pafo_ray.data.sink`), so users and the
+summary come to the driver (users, not rows) without another pass over the output.
+User-level groups need each user's mean training support first: the support pass
+writes ``_support/`` and a second pass assigns groups. One execution at the row level, two
+at the user level. Output:
 
     prepare/data/split={train,val,test}/group=<group>/*.parquet
     prepare/data/split=set_aside/group=<reason>/*.parquet   (nothing is dropped)
@@ -125,9 +127,15 @@ def _partials(batch: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(out, preserve_index=False)
 
 
-def _collect(ds) -> tuple[pd.DataFrame, list]:
-    """Users (indexed by id, with ``user_support``) and the blocks' stats from one pass."""
-    partials = ds.map_batches(_partials, batch_format="pyarrow", batch_size=None).to_pandas()
+def _partials_of(table: pa.Table) -> pa.Table:
+    """:func:`_partials` of the columns it needs (the texts stay in arrow)."""
+    columns = _PARTIAL_COLUMNS + (["group"] if "group" in table.column_names else [])
+    return _partials(table.select(columns))
+
+
+def _collect(partials: list) -> tuple[pd.DataFrame, list]:
+    """Users (indexed by id, with ``user_support``) and the blocks' stats from the partials."""
+    partials = pa.concat_tables(partials).to_pandas()
     is_stats = partials["user_id"] == ""
     blocks = [json.loads(text) for text in partials.loc[is_stats, "stats"]]
     users = partials[~is_stats].groupby("user_id")[USER_SUMS].sum()
@@ -137,10 +145,20 @@ def _collect(ds) -> tuple[pd.DataFrame, list]:
     return users, blocks
 
 
+def _write(ds, uri: str, partition_cols=None, summarise: bool = True) -> list:
+    """Write ``ds`` as parquet at ``uri``; the partials of every written block."""
+    from pafo_ray.data.sink import SummarisingParquetSink
+
+    sink = SummarisingParquetSink(uri, partition_cols=partition_cols,
+                                  summarise=_partials_of if summarise else None)
+    ds.write_datasink(sink)
+    return sink.returns or []
+
+
 def run(ctx: StageContext) -> dict:
     import ray
 
-    from pafo_ray.data.sources import plan_chunks
+    from pafo_ray.data.sources import plan_chunks, read_chunks
     from pafo_ray.ray_session import data_parallelism
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -164,23 +182,22 @@ def run(ctx: StageContext) -> dict:
     label_kwargs = dict(level=prep.group_level, tau=prep.tau, names=names)
     try:
         if prep.group_level == "row":
-            ds.map_batches(_label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
-                           ).write_parquet(data_uri, partition_cols=["split", "group"])
-            users, blocks = _collect(ray.data.read_parquet(data_uri).select_columns(
-                _PARTIAL_COLUMNS + ["group"]))
+            users, blocks = _collect(_write(ds.map_batches(
+                _label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs),
+                data_uri, ["split", "group"]))
             users["group"] = None
         else:
             support_uri = run_dir.uri(NAME, "_support")
-            ds.write_parquet(support_uri)
-            users, blocks = _collect(ray.data.read_parquet(support_uri).select_columns(
-                _PARTIAL_COLUMNS))
+            users, blocks = _collect(_write(ds, support_uri))
             cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
             users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
             ref = ray.put(users[["user_support", "group"]])
             label_kwargs["users_ref"] = ref
-            ray.data.read_parquet(support_uri).map_batches(
-                _label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs
-            ).write_parquet(data_uri, partition_cols=["split", "group"])
+            support = plan_chunks("parquet", support_uri)  # one task per row group, as read
+            _write(ray.data.from_items(support, override_num_blocks=len(support)).map_batches(
+                read_chunks, batch_size=1, batch_format="pyarrow", fn_kwargs={"provenance": False}
+            ).map_batches(_label, batch_format="pyarrow", batch_size=None, fn_kwargs=label_kwargs),
+                data_uri, ["split", "group"], summarise=False)
             run_dir.remove(NAME, "_support")
     except Exception as exc:  # surface our own validation errors without Ray's wrapping
         raise _unwrap(exc) from None

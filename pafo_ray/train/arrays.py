@@ -73,9 +73,9 @@ def read_cache(uri: str) -> Cache:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from pafo_ray.storage import _split_uri
+    from pafo_ray.storage import split_uri
 
-    fs, path = _split_uri(uri)
+    fs, path = split_uri(uri)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
     order = pc.sort_indices(table, [("text_id", "ascending")])
     table = table.take(order)

@@ -32,9 +32,9 @@ def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
     files lack are skipped)."""
     import pyarrow.dataset as pads
 
-    from pafo_ray.storage import _split_uri
+    from pafo_ray.storage import split_uri
 
-    fs, path = _split_uri(uri)
+    fs, path = split_uri(uri)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     if columns is not None:
         columns = [c for c in columns if c in dataset.schema.names]
@@ -51,9 +51,9 @@ _STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "
 def _student_frame(uri: str) -> pd.DataFrame:
     import pyarrow.dataset as pads
 
-    from pafo_ray.storage import _split_uri
+    from pafo_ray.storage import split_uri
 
-    fs, path = _split_uri(uri)
+    fs, path = split_uri(uri)
     names = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema.names
     margins = [c for c in names if c.startswith("margin_") and not c.endswith("_unknown_user")]
     return read_frame(uri, _STUDENT_COLUMNS + margins)

@@ -30,7 +30,7 @@ from typing import Optional
 import pandas as pd
 
 from pafo_ray.stages.base import StageContext
-from pafo_ray.storage import RunDir, _split_uri, download_dir, upload_dir
+from pafo_ray.storage import RunDir, download_dir, split_uri, upload_dir
 
 FAIL_ENV = "PAFO_RAY_FAIL_AT_EPOCH"
 # Ray Train's local mode (num_workers=0) keeps the running fit in a module global: two fits
@@ -201,7 +201,7 @@ def _maybe_fail(fail_once: Optional[dict], epoch: int) -> None:
         return
     from pyarrow import fs as pafs
 
-    fs, path = _split_uri(fail_once["marker"])
+    fs, path = split_uri(fail_once["marker"])
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         return  # failed once already: this is the retry
     fs.create_dir(os.path.dirname(path), recursive=True)
