@@ -117,7 +117,7 @@ def validate_table(table: pa.Table, *, strict: bool, split_seed: int, val_fracti
         flag(bad, "bad_support_rate", "support_rate", "is not a number in [0, 1]",
              raw=[r if r is not None else repr(g) for r, g in zip(raw, given)])
     # Nulls become "" for hashing only; the rows are already flagged and keep their nulls.
-    prompts, chosen, rejected = (pc.fill_null(columns[f], "").to_numpy(zero_copy_only=False)
+    prompts, chosen, rejected = (pc.fill_null(columns[f], "")
                                  for f in ("prompt", "chosen", "rejected"))
     if "split" in table.column_names:
         split = _as_string(table.column("split")).to_numpy(zero_copy_only=False).astype(object)
@@ -155,7 +155,9 @@ def assign_split(prompts, seed: int, val_fraction: float, test_fraction: float) 
     """Split by prompt hash: every row of a prompt lands in the same split."""
     import pandas as pd
 
-    hashed = pd.util.hash_array(np.asarray(prompts, dtype=object), hash_key=f"pafo{seed:012d}"[:16])
+    from pafo_ray.data.schema import as_categorical
+
+    hashed = pd.util.hash_array(as_categorical(prompts), hash_key=f"pafo{seed:012d}"[:16])
     u = (hashed % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
     return np.where(u < test_fraction, "test",
                     np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)
