@@ -168,3 +168,22 @@ def test_rerun_skips_and_a_half_written_stage_is_redone(ray_session, tmp_path, c
                               "prepare.group_level=row", "prepare.prior_a=1.0"])
     ctx2 = StageContext.create(cfg2)
     assert not ctx2.run_dir.is_complete("prepare", stage_hash(ctx2, "prepare"))
+
+
+def test_large_inputs_get_more_shuffle_partitions_than_cores(ray_session, tmp_path):
+    from pafo_ray.ray_session import data_parallelism
+    from pafo_ray.stages.prepare import _partitions
+
+    cores = data_parallelism()
+    chunks = [{"num_rows": 250_000}] * 20  # 5M rows
+    assert _partitions(chunks, 500_000) == max(cores, 10)
+    assert _partitions([{"num_rows": 10}], 500_000) == cores
+    assert _partitions([{}], 500_000) == cores  # jsonl: rows unknown before reading
+    with pytest.raises(ValueError, match="rows_per_partition"):
+        _partitions(chunks, 0)
+    # end to end: 9 rows at 2 rows per partition -> 5 partitions, same support rates
+    ctx, summary = _run(tmp_path, TABLE, "prepare.group_level=row", "prepare.min_raters=1",
+                        "prepare.rows_per_partition=2", name="many")
+    assert summary["partitions"] == max(cores, 5)
+    out = _output(ctx).sort_values("source_row")
+    assert out["n_raters"].tolist() == [4, 4, 4, 4, 2, 2, 1, 2, 2]

@@ -20,7 +20,6 @@ import pyarrow as pa
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-
 ROW_GROUP_ROWS = 262_144
 
 

@@ -61,7 +61,8 @@ def plan_chunks(source: str, path: str, hf_split: str = "train") -> list[dict]:
             offset = 0
             for rg in range(meta.num_row_groups):
                 chunks.append({"kind": "parquet", "path": file, "file_index": file_index,
-                               "row_group": rg, "first_row": offset})
+                               "row_group": rg, "first_row": offset,
+                               "num_rows": meta.row_group(rg).num_rows})
                 offset += meta.row_group(rg).num_rows
         return chunks
     if source == "jsonl":
@@ -72,7 +73,8 @@ def plan_chunks(source: str, path: str, hf_split: str = "train") -> list[dict]:
         dataset = _load_hf(path, hf_split)
         n = len(dataset)
         return [{"kind": "hf", "path": path, "split": hf_split, "file_index": 0,
-                 "first_row": start, "stop": min(n, start + HF_CHUNK_ROWS)}
+                 "first_row": start, "stop": min(n, start + HF_CHUNK_ROWS),
+                 "num_rows": min(n, start + HF_CHUNK_ROWS) - start}
                 for start in range(0, max(n, 1), HF_CHUNK_ROWS)]
     raise DataValidationError(f"unknown data source {source!r}")
 

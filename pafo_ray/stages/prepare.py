@@ -159,7 +159,6 @@ def run(ctx: StageContext) -> dict:
     import ray
 
     from pafo_ray.data.sources import plan_chunks, read_chunks
-    from pafo_ray.ray_session import data_parallelism
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     prep = cfg.prepare
@@ -167,7 +166,7 @@ def run(ctx: StageContext) -> dict:
     names = group_names(prep.num_groups)
     source = run_dir.read_json("input", "summary.json")
     chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
-    partitions = prep.num_partitions or data_parallelism()
+    partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
     ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
     ds = ds.map_batches(_read_validate, batch_size=1, batch_format="pyarrow", fn_kwargs=dict(
@@ -207,6 +206,17 @@ def run(ctx: StageContext) -> dict:
     summary["partitions"] = partitions
     summary["input_files"] = len({c["path"] for c in chunks})
     return summary
+
+
+def _partitions(chunks: list, rows_per_partition: int) -> int:
+    """The cores, or more when the input is large: the last map of the shuffle then runs as
+    many smaller tasks that start while aggregators finish other partitions."""
+    from pafo_ray.ray_session import data_parallelism
+
+    rows = sum(c.get("num_rows", 0) for c in chunks)  # known for parquet and hf chunks
+    if rows_per_partition < 1:
+        raise ValueError(f"prepare.rows_per_partition must be >= 1, got {rows_per_partition}")
+    return max(data_parallelism(), -(-rows // rows_per_partition))
 
 
 def _summarise(blocks: list, users: pd.DataFrame, prep, names) -> dict:
