@@ -56,8 +56,9 @@ class SummarisingParquetSink(Datasink):
                            partitioning=partitioning,
                            basename_template=f"{self.write_id}_{ctx.task_idx:06d}_{{i}}.parquet",
                            existing_data_behavior="overwrite_or_ignore",
-                           # row groups of the table's size, not of its (shuffle-sized) chunks
-                           min_rows_per_group=ROW_GROUP_ROWS, max_rows_per_group=ROW_GROUP_ROWS)
+                           # row groups of 64k-256k rows, not of the (shuffle-sized) chunks:
+                           # min 256k made the partitioned write of 1M rows 0.74 s vs 0.48 s
+                           min_rows_per_group=ROW_GROUP_ROWS // 4, max_rows_per_group=ROW_GROUP_ROWS)
         return self.summarise(table) if self.summarise else table.num_rows
 
     def on_write_complete(self, write_result) -> None:
