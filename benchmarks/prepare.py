@@ -67,6 +67,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="default 5 below 5M rows, else 2")
     p.add_argument("--levels", nargs="+", default=["row", "user"], choices=["row", "user"])
     p.add_argument("--warmup", type=int, default=2, help="uncounted floor runs first")
+    p.add_argument("--object-store-mb", type=int, default=None,
+                   help="cap the local Ray's object store (run.ray.object_store_memory_mb)")
     p.add_argument("--skip-pyarrow-above", type=int, default=None, metavar="ROWS",
                    help="no pyarrow baseline above this size (it holds every row in memory)")
     p.add_argument("--rows-per-file", type=int, default=250_000)
@@ -341,8 +343,10 @@ def main(argv=None) -> int:
         args.bench_dir = args.bench_dir.rstrip("/") + "-smoke"
     from pafo_ray.config import load_config
 
-    start_ray(load_config(None, []))
-    print(f"prepare benchmark: sizes {sizes}; {load_average()}", flush=True)
+    start_ray(load_config(None, [] if args.object_store_mb is None else
+                          [f"run.ray.object_store_memory_mb={args.object_store_mb}"]))
+    print(f"prepare benchmark: sizes {sizes}; object store {args.object_store_mb or 'default'} "
+          f"MB; {load_average()}", flush=True)
     rows = []
     for size in sizes:
         repeats = args.repeats or (1 if args.smoke else 2 if size >= 5_000_000 else 5)
