@@ -187,3 +187,10 @@ def test_large_inputs_get_more_shuffle_partitions_than_cores(ray_session, tmp_pa
     assert summary["partitions"] == max(cores, 5)
     out = _output(ctx).sort_values("source_row")
     assert out["n_raters"].tolist() == [4, 4, 4, 4, 2, 2, 1, 2, 2]
+
+
+@pytest.mark.parametrize("level", ["row", "user"])
+def test_an_empty_input_is_a_clear_error(ray_session, tmp_path, level):
+    empty = TABLE.iloc[:0]
+    with pytest.raises(DataValidationError, match=r"e\.parquet: no rows to prepare"):
+        _run(tmp_path, empty, f"prepare.group_level={level}", name="e")

@@ -140,8 +140,10 @@ def _partials_of(table: pa.Table) -> pa.Table:
     return _partials(table.select(columns))
 
 
-def _collect(partials: list) -> tuple[pd.DataFrame, list]:
+def _collect(partials: list, path: str = "the input") -> tuple[pd.DataFrame, list]:
     """Users (indexed by id, with ``user_support``) and the blocks' stats from the partials."""
+    if not partials:  # no write task wrote a row
+        raise DataValidationError(f"{path}: no rows to prepare (the input is empty)")
     partials = pa.concat_tables(partials).to_pandas()
     is_stats = partials["user_id"] == ""
     blocks = [json.loads(text) for text in partials.loc[is_stats, "stats"]]
@@ -207,11 +209,11 @@ def run(ctx: StageContext) -> dict:
         if prep.group_level == "row":
             users, blocks = _collect(_write(
                 _map(ds, _label, partitions, batch_size=None, fn_kwargs=label_kwargs),
-                data_uri, ["split", "group"]))
+                data_uri, ["split", "group"]), source["path"])
             users["group"] = None
         else:
             support_uri = run_dir.uri(NAME, "_support")
-            users, blocks = _collect(_write(ds, support_uri))
+            users, blocks = _collect(_write(ds, support_uri), source["path"])
             cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
             users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
             ref = ray.put(users[["user_support", "group"]])
