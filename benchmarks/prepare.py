@@ -67,6 +67,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="default 5 below 5M rows, else 2")
     p.add_argument("--levels", nargs="+", default=["row", "user"], choices=["row", "user"])
     p.add_argument("--warmup", type=int, default=2, help="uncounted floor runs first")
+    p.add_argument("--profile", action="store_true",
+                   help="only prepare, twice per size and level (cold, then warm), with Ray "
+                        "Data's per-operator stats logged after each execution")
     p.add_argument("--object-store-mb", type=int, default=None,
                    help="cap the local Ray's object store (run.ray.object_store_memory_mb)")
     p.add_argument("--skip-pyarrow-above", type=int, default=None, metavar="ROWS",
@@ -330,6 +333,23 @@ def bench_size(rows: int, repeats: int, args) -> list:
     return result
 
 
+def profile_size(rows: int, args) -> list:
+    """Prepare alone, cold then warm, Ray Data's own stats logged (time per operator)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_auto_log_stats = True
+    data_dir, result = generate(rows, args), []
+    for level in args.levels:
+        for run in ("cold", "warm"):
+            _, summary, figures = run_prepare(data_dir, level, args)
+            print(f"  profile {summary['rows']:,} rows, {level}, {run}: "
+                  f"{figures['seconds']:.1f} s, {summary['partitions']} partitions", flush=True)
+            result.append([f"{summary['rows']:,}", f"prepare (group_level={level}), {run}",
+                           fmt(figures["seconds"]), str(summary["partitions"])])
+    return result
+
+
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if args.pyarrow_baseline:
@@ -348,6 +368,12 @@ def main(argv=None) -> int:
     print(f"prepare benchmark: sizes {sizes}; object store {args.object_store_mb or 'default'} "
           f"MB; {load_average()}", flush=True)
     rows = []
+    if args.profile:
+        for size in sizes:
+            rows += profile_size(size, args)
+        print()
+        print(table(["rows", "what", "s", "shuffle partitions"], rows))
+        return 0
     for size in sizes:
         repeats = args.repeats or (1 if args.smoke else 2 if size >= 5_000_000 else 5)
         rows += bench_size(size, repeats, args)
