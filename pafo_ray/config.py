@@ -103,10 +103,10 @@ class PrepareConfig:
     user_quantile: list = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
     val_fraction: float = _f(0.15, "Share of prompts in validation when the data has no split.")
     test_fraction: float = _f(0.15, "Share of prompts in test when the data has no split.")
-    num_partitions: Optional[int] = _f(None, "Shuffle partitions (None: the cluster's CPUs — a local Ray: "
-                                       "the machine's cores — or rows / rows_per_partition if more).")
-    rows_per_partition: int = _f(500_000, "With num_partitions None: at least one shuffle partition per "
-                                 "this many input rows (5M rows on 2 cores: 2 partitions 33.8 s, 8: 17.9 s).")
+    num_partitions: Optional[int] = _f(None, "Hash partitions of the vote shuffle (None: the cluster's CPUs — a "
+                                       "local Ray: the machine's cores — or rows / rows_per_partition if more).")
+    rows_per_partition: int = _f(500_000, "With num_partitions None: at least one vote partition per this many "
+                                 "input rows (a partition is counted in one task; ~50 bytes a vote).")
 
 
 @dataclass

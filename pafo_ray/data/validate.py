@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pafo_ray.data.schema import REQUIRED, SPLITS, comparison_keys, text_ids
+from pafo_ray.data.schema import REQUIRED, SPLITS, row_keys
 from pafo_ray.data.sources import DataValidationError
 
 # Every chunk leaves the read step with exactly this schema, so blocks concatenate.
@@ -119,13 +119,13 @@ def validate_table(table: pa.Table, *, strict: bool, split_seed: int, val_fracti
     # Nulls become "" for hashing only; the rows are already flagged and keep their nulls.
     prompts, chosen, rejected = (pc.fill_null(columns[f], "")
                                  for f in ("prompt", "chosen", "rejected"))
+    keys = row_keys(prompts, chosen, rejected)
     if "split" in table.column_names:
         split = _as_string(table.column("split")).to_numpy(zero_copy_only=False).astype(object)
         bad = ~np.isin(split, SPLITS)
         flag(bad, "bad_split", "split", f"is not one of {SPLITS}", raw=split)
     else:
-        split = assign_split(prompts, split_seed, val_fraction, test_fraction)
-    key, chosen_is_first = comparison_keys(prompts, chosen, rejected)
+        split = assign_split(keys["prompts"], split_seed, val_fraction, test_fraction)
     optional = {}
     for name in ("user_type",):
         optional[name] = (_as_string(table.column(name)) if name in table.column_names
@@ -143,21 +143,22 @@ def validate_table(table: pa.Table, *, strict: bool, split_seed: int, val_fracti
         "split": pa.array(split, pa.string()),
         "user_type": optional["user_type"], "margin": optional["margin"],
         "utility_margin": optional["utility_margin"],
-        "comparison_key": pa.array(key), "chosen_is_first": pa.array(chosen_is_first, pa.bool_()),
-        "chosen_text_id": pa.array(text_ids(prompts, chosen)),
-        "rejected_text_id": pa.array(text_ids(prompts, rejected)),
+        "comparison_key": pa.array(keys["comparison_key"]),
+        "chosen_is_first": pa.array(keys["chosen_is_first"], pa.bool_()),
+        "chosen_text_id": pa.array(keys["chosen_text_id"]),
+        "rejected_text_id": pa.array(keys["rejected_text_id"]),
         "set_aside_reason": pa.array(reason, pa.string()),
         "set_aside_detail": pa.array(detail, pa.string()),
     }, schema=CANONICAL)
 
 
 def assign_split(prompts, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Split by prompt hash: every row of a prompt lands in the same split."""
-    import pandas as pd
+    """Split by prompt hash: every row of a prompt lands in the same split. ``prompts``:
+    text (arrow or array-like) or its :class:`~pafo_ray.data.schema.Encoded` form."""
+    from pafo_ray.data.schema import Encoded, column_hash, encode
 
-    from pafo_ray.data.schema import as_categorical
-
-    hashed = pd.util.hash_array(as_categorical(prompts), hash_key=f"pafo{seed:012d}"[:16])
+    encoded = prompts if isinstance(prompts, Encoded) else encode(prompts)
+    hashed = column_hash(encoded, hash_key=f"pafo{seed:012d}"[:16])
     u = (hashed % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
     return np.where(u < test_fraction, "test",
                     np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)

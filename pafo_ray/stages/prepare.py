@@ -1,15 +1,20 @@
 """Stage ``prepare`` on Ray Data: validate, support rates, groups, splits.
 
-    chunks ─read+validate─▶ repartition(P, keys=[comparison_key]) ─support─▶ groups ─▶ parquet
+    chunks ─read+validate─▶ votes ─repartition(P, keys=[comparison_key])─▶ count ─▶ object store
+    chunks ─read+validate─▶ take back each row's support by row_id ─▶ groups ─▶ parquet
 
-Every vote on a comparison lands in one hash partition, so the support rate is a local
-pyarrow/numpy group-by there: no data is collected to the driver. Row-level groups are
-assigned in the same pass. Each write task hands back narrow aggregates of the block it
-wrote (per user, and the block's counts: :mod:`pafo_ray.data.sink`), so users and the
-summary come to the driver (users, not rows) without another pass over the output.
-User-level groups need each user's mean training support first: the support pass
-writes ``_support/`` and a second pass assigns groups. One execution at the row level, two
-at the user level. Output:
+Only narrow *votes* of valid rows (row id, comparison key, user, direction, ~50 bytes a
+row against ~700 with the texts) go through the hash shuffle: every vote on a comparison
+lands in one partition, where support rates, duplicates and first rows of comparisons are
+a local numpy group-by; the counted votes stay in the object store, sorted by row id.
+The second pass reads each chunk again (texts and text ids now) and takes its rows'
+results back by row id, so the full rows stream from input to output and never wait in
+a shuffle: memory follows the object store and the narrow votes, not the texts. No row
+comes to the driver. User-level groups need each user's mean training support first:
+tasks over the counted votes return per-user sums (users, not rows, come to the driver).
+Each write task hands back narrow aggregates of the block it wrote (per user, and the
+block's counts: :mod:`pafo_ray.data.sink`) for ``users.parquet`` and the summary.
+Output:
 
     prepare/data/split={train,val,test}/group=<group>/*.parquet
     prepare/data/split=set_aside/group=<reason>/*.parquet   (nothing is dropped)
@@ -23,6 +28,7 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pafo_ray.data import support as support_lib
 from pafo_ray.data.schema import group_names
@@ -34,7 +40,8 @@ DEPENDS = ["input"]
 SECTIONS = ("data", "prepare")
 
 
-def _read_validate(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction):
+def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction) -> list:
+    """Every chunk of ``batch`` read and validated, one table per chunk."""
     from pafo_ray.data.formats import normalize_preferences
     from pafo_ray.data.sources import read_chunk
     from pafo_ray.data.validate import validate_table
@@ -49,11 +56,37 @@ def _read_validate(batch: pa.Table, *, strict, split_seed, val_fraction, test_fr
             raise DataValidationError(str(exc)) from None
         tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
                                      val_fraction=val_fraction, test_fraction=test_fraction))
-    return pa.concat_tables(tables)
+    return tables
 
 
-def _support(batch: pa.Table, **kwargs) -> pa.Table:
-    return support_lib.annotate_support(batch, **kwargs)
+def _read_votes(batch: pa.Table, *, partitions: int, **validate) -> pa.Table:
+    """Pass 1: the narrow votes of the chunks' valid rows (no texts)."""
+    tables = _read_validated(batch, **validate)
+    return pa.concat_tables([support_lib.votes_of(pa.concat_tables(tables), partitions)])
+
+
+def _count(batch: pa.Table, *, votes: list, **kwargs) -> pa.Table:
+    """Pass 1's reduce: count the votes of each hash partition in ``batch``."""
+    import ray
+
+    blocks = ray.get(votes)  # zero-copy views of the object store
+    counted = pa.concat_tables([support_lib.count_votes(support_lib.partition_of(blocks, p), **kwargs)
+                                for p in batch.column("partition").to_pylist()])
+    return counted.take(pc.sort_indices(counted, [("row_id", "ascending")])) if batch.num_rows > 1 else counted
+
+
+def _read_label(batch: pa.Table, *, votes: list, validate: dict, label: dict) -> pa.Table:
+    """Pass 2: read and validate the chunks again, take their votes' support back, label."""
+    import ray
+
+    blocks = ray.get(votes)  # zero-copy views of the object store
+    tables = []
+    for table in _read_validated(batch, **validate):
+        valid = table.column("row_id").to_numpy()[
+            table.column("set_aside_reason").to_numpy(zero_copy_only=False) == ""]
+        found = support_lib.gather_votes(blocks, valid)
+        tables.append(support_lib.attach_support(table, found, strict=validate["strict"]))
+    return _label(pa.concat_tables(tables), **label)
 
 
 def _label(batch: pa.Table, *, level, tau, names, users_ref=None) -> pa.Table:
@@ -61,14 +94,18 @@ def _label(batch: pa.Table, *, level, tau, names, users_ref=None) -> pa.Table:
     reason = batch.column("set_aside_reason").to_numpy(zero_copy_only=False).astype(object)
     support = batch.column("support_rate").to_numpy(zero_copy_only=False)
     few = batch.column("few_raters").to_numpy(zero_copy_only=False)
-    users = batch.column("user_id").to_numpy(zero_copy_only=False)
-    if users_ref is not None:
+    if users_ref is not None:  # look each distinct user up once
+        from pafo_ray.data.schema import encode
+
         table = _user_table(users_ref)
-        user_support = table["user_support"].reindex(users).to_numpy(dtype=np.float64)
+        users = encode(pc.fill_null(batch.column("user_id"), ""))
+        at = table.index.get_indexer(users.values)
+        known = at >= 0
+        user_support = np.where(known, table["user_support"].to_numpy(np.float64)[at], np.nan)[users.codes]
     else:
         user_support = np.full(batch.num_rows, np.nan)
-    if level == "user":
-        groups = table["group"].reindex(users).to_numpy(dtype=object)
+    if level == "user":  # users with no kept row have no group (their rows are set aside)
+        groups = np.where(known, table["group"].to_numpy(object)[at], None)[users.codes]
     else:
         groups = support_lib.row_groups(np.nan_to_num(support, nan=1.0), few, tau, names)
     bad = reason != ""
@@ -78,13 +115,6 @@ def _label(batch: pa.Table, *, level, tau, names, users_ref=None) -> pa.Table:
                              pa.array(split, pa.string()))
     return (batch.append_column("user_support", pa.array(user_support, pa.float64()))
             .append_column("group", pa.array(groups, pa.string())))
-
-
-def _read_label(chunks: pa.Table, **label_kwargs) -> pa.Table:
-    """Read ``_support`` chunks (as written: no provenance columns added) and label them."""
-    from pafo_ray.data.sources import read_chunks
-
-    return _label(read_chunks(chunks, provenance=False), **label_kwargs)
 
 
 def _user_table(ref) -> pd.DataFrame:
@@ -154,13 +184,14 @@ def _collect(partials: list, path: str = "the input") -> tuple[pd.DataFrame, lis
     return users, blocks
 
 
-def _write(ds, uri: str, partition_cols=None, summarise: bool = True) -> list:
-    """Write ``ds`` as parquet at ``uri``; the partials of every written block."""
+def _write(ds, uri: str, blocks: int, partition_cols=None) -> list:
+    """Write ``ds`` as parquet at ``uri``; the partials of every written block. The write
+    runs in the tasks of the map before it (same task cap: Ray Data fuses them), so the
+    labelled rows never go through the object store."""
     from pafo_ray.data.sink import SummarisingParquetSink
 
-    sink = SummarisingParquetSink(uri, partition_cols=partition_cols,
-                                  summarise=_partials_of if summarise else None)
-    ds.write_datasink(sink)
+    sink = SummarisingParquetSink(uri, partition_cols=partition_cols, summarise=_partials_of)
+    ds.write_datasink(sink, concurrency=_tasks(blocks))
     return sink.returns or []
 
 
@@ -176,9 +207,12 @@ def _map(ds, fn, blocks: int, **kwargs):
     holding a 262k-row block on 2 cores spent 4x their CPU time waiting."""
     import ray.data
 
-    size = max(1, min(_cores(), blocks))
     return ds.map_batches(fn, batch_format="pyarrow",
-                          compute=ray.data.TaskPoolStrategy(size=size), **kwargs)
+                          compute=ray.data.TaskPoolStrategy(size=_tasks(blocks)), **kwargs)
+
+
+def _tasks(blocks: int) -> int:
+    return max(1, min(_cores(), blocks))
 
 
 def run(ctx: StageContext) -> dict:
@@ -194,43 +228,59 @@ def run(ctx: StageContext) -> dict:
     chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
     partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
-    ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
-    ds = _map(ds, _read_validate, len(chunks), batch_size=1, fn_kwargs=dict(
-        strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
-        test_fraction=prep.test_fraction))
-    ds = ds.repartition(partitions, keys=["comparison_key"])
-    ds = _map(ds, _support, partitions, batch_size=None, zero_copy_batch=True,
-              fn_kwargs=dict(prior_a=prep.prior_a, prior_b=prep.prior_b,
-                             min_raters=prep.min_raters, strict=prep.strict,
-                             few_raters_policy=prep.few_raters_policy))
-    data_uri = run_dir.uri(NAME, "data")
-    label_kwargs = dict(level=prep.group_level, tau=prep.tau, names=names)
+    validate = dict(strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
+                    test_fraction=prep.test_fraction)
+    user_level = prep.group_level == "user"
+    chunks_ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
+    label = dict(level=prep.group_level, tau=prep.tau, names=names)
     try:
-        if prep.group_level == "row":
-            users, blocks = _collect(_write(
-                _map(ds, _label, partitions, batch_size=None, fn_kwargs=label_kwargs),
-                data_uri, ["split", "group"]), source["path"])
-            users["group"] = None
-        else:
-            support_uri = run_dir.uri(NAME, "_support")
-            users, blocks = _collect(_write(ds, support_uri), source["path"])
-            cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), prep.user_quantile)
-            users["group"] = support_lib.user_groups(users["user_support"].to_numpy(), cuts, names)
-            ref = ray.put(users[["user_support", "group"]])
-            label_kwargs["users_ref"] = ref
-            support = plan_chunks("parquet", support_uri)  # one task per row group, as read
-            _write(_map(ray.data.from_items(support, override_num_blocks=len(support)),
-                        _read_label, len(support), batch_size=1, fn_kwargs=label_kwargs),
-                   data_uri, ["split", "group"], summarise=False)
-            run_dir.remove(NAME, "_support")
+        votes = _map(chunks_ds, _read_votes, len(chunks), batch_size=1,
+                     fn_kwargs=dict(validate, partitions=partitions)).to_arrow_refs()
+        # the shuffle: one task per partition takes its slice of every block (zero-copy)
+        counted = _map(ray.data.from_items([{"partition": p} for p in range(partitions)],
+                                           override_num_blocks=partitions),
+                       _count, partitions, batch_size=1,
+                       fn_kwargs=dict(votes=votes, prior_a=prep.prior_a, prior_b=prep.prior_b,
+                                      min_raters=prep.min_raters, with_users=user_level,
+                                      few_raters_policy=prep.few_raters_policy))
+        vote_refs = counted.to_arrow_refs()  # narrow, sorted by row_id, in the object store
+        del votes, counted
+        if user_level:
+            groups = _user_groups(vote_refs, prep, names)
+            label["users_ref"] = ray.put(groups)
+        rows = _map(chunks_ds, _read_label, len(chunks), batch_size=1,
+                    fn_kwargs=dict(votes=vote_refs, validate=validate, label=label))
+        users, blocks = _collect(_write(rows, run_dir.uri(NAME, "data"), len(chunks),
+                                        ["split", "group"]), source["path"])
+        del vote_refs
     except Exception as exc:  # surface our own validation errors without Ray's wrapping
         raise _unwrap(exc) from None
+    users["group"] = groups["group"].reindex(users.index) if user_level else None
     users_out = users.reset_index()
     run_dir.write_bytes(_parquet_bytes(users_out), NAME, "users.parquet")
     summary = _summarise(blocks, users, prep, names)
     summary["partitions"] = partitions
     summary["input_files"] = len({c["path"] for c in chunks})
     return summary
+
+
+def _user_groups(vote_refs: list, prep, names) -> pd.DataFrame:
+    """User-level groups from the votes: each user's mean training support, cut at
+    ``prepare.user_quantile`` (users, not rows, come to the driver)."""
+    import ray
+
+    sums = ray.remote(support_lib.user_training_support)
+    parts = ray.get([sums.remote(ref) for ref in vote_refs])
+    users = pd.concat(parts).groupby(level=0).sum() if parts else pd.DataFrame(
+        columns=["train_rows", "train_support"])
+    if users.empty:
+        return users.assign(user_support=[], group=[])
+    support = np.where(users["train_rows"] > 0,
+                       users["train_support"] / users["train_rows"].clip(lower=1), np.nan)
+    cuts = support_lib.user_cut_points(support, prep.user_quantile)
+    return pd.DataFrame({"user_support": support,
+                         "group": support_lib.user_groups(support, cuts, names)},
+                        index=users.index)
 
 
 def _partitions(chunks: list, rows_per_partition: int) -> int:
