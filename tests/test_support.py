@@ -96,7 +96,9 @@ def test_too_few_raters_are_set_aside_and_users_training_support():
     assert len(few) and (few["set_aside_reason"] == "too_few_raters").all()
     assert not few["first_of_comparison"].any() and few["support_rate"].isna().all()
     # per-user training sums, added over partitions, equal the labelled rows'
-    sums = pd.concat([S.user_training_support(t) for t in counted]).groupby(level=0).sum()
+    sums = S.add_user_sums([S.user_training_support(t) for t in counted]).to_pandas()
+    sums = sums.set_index("user_id")
+    assert sums.index.is_unique
     train = out[(out["split"] == "train") & (out["set_aside_reason"] == "")]
     assert sums["train_rows"].sum() == len(train)
     want = train.groupby("user_id")["support_rate"].sum()

@@ -25,6 +25,8 @@ _EMPTY = pa.table({"row_id": pa.array([], pa.int64()), "comparison_key": pa.arra
                    "user_id": pa.array([], pa.string()), "chosen_is_first": pa.array([], pa.bool_()),
                    "given_support": pa.array([], pa.float64()), "split": pa.array([], pa.string()),
                    "set_aside_reason": pa.array([], pa.string())})
+_NO_USERS = pa.table({"user_id": pa.array([], pa.string()), "train_rows": pa.array([], pa.int64()),
+                      "train_support": pa.array([], pa.float64())})
 KEPT, DUPLICATE, TOO_FEW = 0, 1, 2  # ``status`` of a vote
 _REASONS = {DUPLICATE: "duplicate", TOO_FEW: "too_few_raters"}
 
@@ -112,19 +114,27 @@ def count_votes(votes: pa.Table, *, prior_a: float, prior_b: float, min_raters: 
     return pa.table(out)
 
 
-def user_training_support(votes: pa.Table) -> pd.DataFrame:
+def user_training_support(votes: pa.Table) -> pa.Table:
     """Per user with kept votes in one block of :func:`count_votes` output (``with_users``):
     ``train_rows`` and ``train_support``, the count and sum of the support of its kept
-    training votes on comparisons with enough raters (0 when it has none)."""
+    training votes on comparisons with enough raters (0 when it has none). Blocks' tables
+    add up: :func:`add_user_sums`."""
     if "status" not in votes.column_names:  # an empty block without a schema
-        return pd.DataFrame({"train_rows": [], "train_support": []}, index=pd.Index([], name="user_id"))
-    frame = votes.select(["user_id", "split", "status", "few_raters", "support_rate"]).to_pandas()
-    frame = frame[frame["status"] == KEPT]
-    train = ((frame["split"] == "train") & ~frame["few_raters"]).to_numpy()
-    sums = pd.DataFrame({"user_id": frame["user_id"].to_numpy(),
-                         "train_rows": train.astype(np.int64),
-                         "train_support": np.where(train, frame["support_rate"], 0.0)})
-    return sums.groupby("user_id", sort=False).sum()
+        return _NO_USERS
+    kept = votes.filter(pc.equal(votes.column("status"), KEPT))
+    train = pc.and_(pc.equal(kept.column("split"), "train"), pc.invert(kept.column("few_raters")))
+    return add_user_sums([pa.table({
+        "user_id": kept.column("user_id"), "train_rows": pc.cast(train, pa.int64()),
+        "train_support": pc.if_else(train, kept.column("support_rate"), 0.0)})])
+
+
+def add_user_sums(tables: list) -> pa.Table:
+    """Per-user ``train_rows`` and ``train_support`` summed over tables (arrow hash aggregate)."""
+    tables = [t for t in tables if t.num_rows] or [_NO_USERS]  # empty blocks may lack a schema
+    out = pa.concat_tables(tables).group_by("user_id").aggregate(
+        [("train_rows", "sum"), ("train_support", "sum")])
+    return pa.table({"user_id": out.column("user_id"), "train_rows": out.column("train_rows_sum"),
+                     "train_support": out.column("train_support_sum")})
 
 
 def gather_votes(blocks: list, row_ids: np.ndarray) -> pa.Table:

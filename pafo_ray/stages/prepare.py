@@ -265,22 +265,25 @@ def run(ctx: StageContext) -> dict:
 
 
 def _user_groups(vote_refs: list, prep, names) -> pd.DataFrame:
-    """User-level groups from the votes: each user's mean training support, cut at
-    ``prepare.user_quantile`` (users, not rows, come to the driver)."""
+    """User-level groups from the counted votes: each user's mean training support, cut at
+    ``prepare.user_quantile``. Each block's per-user sums come from a Ray Data task; users,
+    not rows, come to the driver."""
     import ray
 
-    sums = ray.remote(support_lib.user_training_support)
-    parts = ray.get([sums.remote(ref) for ref in vote_refs])
-    users = pd.concat(parts).groupby(level=0).sum() if parts else pd.DataFrame(
-        columns=["train_rows", "train_support"])
-    if users.empty:
-        return users.assign(user_support=[], group=[])
-    support = np.where(users["train_rows"] > 0,
-                       users["train_support"] / users["train_rows"].clip(lower=1), np.nan)
+    if not vote_refs:
+        return pd.DataFrame({"user_support": [], "group": []})
+    sums = _map(ray.data.from_arrow_refs(vote_refs), support_lib.user_training_support,
+                len(vote_refs), batch_size=None, zero_copy_batch=True)
+    users = support_lib.add_user_sums(ray.get(sums.to_arrow_refs()))
+    rows = users.column("train_rows").to_numpy()
+    support = np.where(rows > 0, users.column("train_support").to_numpy() / np.maximum(rows, 1), np.nan)
+    if not len(support):
+        return pd.DataFrame({"user_support": [], "group": []})
     cuts = support_lib.user_cut_points(support, prep.user_quantile)
     return pd.DataFrame({"user_support": support,
                          "group": support_lib.user_groups(support, cuts, names)},
-                        index=users.index)
+                        index=pd.Index(users.column("user_id").to_numpy(zero_copy_only=False),
+                                       name="user_id"))
 
 
 def _partitions(chunks: list, rows_per_partition: int) -> int:
