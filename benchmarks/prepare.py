@@ -15,8 +15,9 @@ For each size, the built-in generator writes the rows once (5 raters per compari
   equal prepare's, row for row (checked at every size);
 * Ray Data's floor: read the same files as prepare reads them (one task per parquet row
   group) and ``write_parquet``, no compute; the two-pass floor (that, then the same of its
-  output), the least the user level can do: it needs every user's mean support before it
-  can label a row; and ``read_parquet -> write_parquet`` with Ray Data's V1 reader (what
+  output): prepare reads its input twice at both levels (the narrow votes, then the rows to
+  label and write), so this is its nearest floor (one write more than prepare does); and
+  ``read_parquet -> write_parquet`` with Ray Data's V1 reader (what
   pafo_ray configures: ``run.ray.parquet_reader_v2=false``) and with 2.60's default
   DataSourceV2 reader (3-8 s more per execution here, even at 20k rows).
 
@@ -305,7 +306,7 @@ def bench_size(rows: int, repeats: int, args) -> list:
     for level in args.levels:
         me = stats[level]
         peak = max(r["peak"] for r in runs[level])
-        passes = "floor2" if level == "user" else "floor"
+        passes = "floor2"  # both levels read the input twice (votes, then rows)
         least = stats[passes]["best"]
         result.append(_row(n, f"prepare (group_level={level})", me, base, floor,
                            f"{peak / GIB:.2f} (PSS)", least))
@@ -346,8 +347,13 @@ def profile_size(rows: int, args) -> list:
             print(f"  profile {summary['rows']:,} rows, {level}, {run}: "
                   f"{figures['seconds']:.1f} s, {summary['partitions']} partitions", flush=True)
             result.append([f"{summary['rows']:,}", f"prepare (group_level={level}), {run}",
-                           fmt(figures["seconds"]), str(summary["partitions"])])
+                           fmt(figures["seconds"]), fmt(figures["cpu"]), str(summary["partitions"]),
+                           f"{figures['idle'] / GIB:.2f}", f"{figures['peak'] / GIB:.2f}"])
     return result
+
+
+PROFILE_HEADERS = ["rows", "what", "s", "CPU s", "vote partitions", "Ray PSS before GiB",
+                   "peak PSS GiB"]
 
 
 def main(argv=None) -> int:
@@ -372,7 +378,7 @@ def main(argv=None) -> int:
         for size in sizes:
             rows += profile_size(size, args)
         print()
-        print(table(["rows", "what", "s", "shuffle partitions"], rows))
+        print(table(PROFILE_HEADERS, rows))
         return 0
     for size in sizes:
         repeats = args.repeats or (1 if args.smoke else 2 if size >= 5_000_000 else 5)

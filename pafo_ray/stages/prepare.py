@@ -65,14 +65,12 @@ def _read_votes(batch: pa.Table, *, partitions: int, **validate) -> pa.Table:
     return pa.concat_tables([support_lib.votes_of(pa.concat_tables(tables), partitions)])
 
 
-def _count(batch: pa.Table, *, votes: list, **kwargs) -> pa.Table:
-    """Pass 1's reduce: count the votes of each hash partition in ``batch``."""
-    import ray
-
-    blocks = ray.get(votes)  # zero-copy views of the object store
-    counted = pa.concat_tables([support_lib.count_votes(support_lib.partition_of(blocks, p), **kwargs)
-                                for p in batch.column("partition").to_pylist()])
-    return counted.take(pc.sort_indices(counted, [("row_id", "ascending")])) if batch.num_rows > 1 else counted
+def _count(partition: int, *blocks: pa.Table, **kwargs) -> pa.Table:
+    """Pass 1's reduce (a Ray task): count the votes of one hash partition, its slice of every
+    block. The blocks come as task arguments (zero-copy views of the object store), so
+    they are released when the task ends; captured in a Ray Data map's ``fn_kwargs`` they
+    stayed pinned after the stage (the map's serialised UDF holds them)."""
+    return support_lib.count_votes(support_lib.partition_of(list(blocks), partition), **kwargs)
 
 
 def _read_label(batch: pa.Table, *, votes: list, validate: dict, label: dict) -> pa.Table:
@@ -237,14 +235,13 @@ def run(ctx: StageContext) -> dict:
         votes = _map(chunks_ds, _read_votes, len(chunks), batch_size=1,
                      fn_kwargs=dict(validate, partitions=partitions)).to_arrow_refs()
         # the shuffle: one task per partition takes its slice of every block (zero-copy)
-        counted = _map(ray.data.from_items([{"partition": p} for p in range(partitions)],
-                                           override_num_blocks=partitions),
-                       _count, partitions, batch_size=1,
-                       fn_kwargs=dict(votes=votes, prior_a=prep.prior_a, prior_b=prep.prior_b,
-                                      min_raters=prep.min_raters, with_users=user_level,
-                                      few_raters_policy=prep.few_raters_policy))
-        vote_refs = counted.to_arrow_refs()  # narrow, sorted by row_id, in the object store
-        del votes, counted
+        count = ray.remote(_count).options(name="prepare.count_votes")
+        vote_refs = [count.remote(p, *votes, prior_a=prep.prior_a, prior_b=prep.prior_b,
+                                  min_raters=prep.min_raters, with_users=user_level,
+                                  few_raters_policy=prep.few_raters_policy)
+                     for p in range(partitions)]
+        ray.wait(vote_refs, num_returns=len(vote_refs), fetch_local=False)
+        del votes  # the counts stay in the object store, sorted by row_id
         if user_level:
             groups = _user_groups(vote_refs, prep, names)
             label["users_ref"] = ray.put(groups)
