@@ -1,20 +1,23 @@
 """Stage ``prepare`` on Ray Data: validate, support rates, groups, splits.
 
-    chunks ─read+validate─▶ votes ─repartition(P, keys=[comparison_key])─▶ count ─▶ object store
-    chunks ─read+validate─▶ take back each row's support by row_id ─▶ groups ─▶ parquet
+    chunks ─read+validate─▶ votes, sorted by hash partition ─▶ object store    (Ray Data map)
+    partition p ◀─ its slice of every vote block ─ count ─▶ object store       (a Ray task per p)
+    chunks ─read+validate─▶ take back each row's support by row_id ─▶ groups ─▶ parquet (map+write)
 
-Only narrow *votes* of valid rows (row id, comparison key, user, direction, ~50 bytes a
-row against ~700 with the texts) go through the hash shuffle: every vote on a comparison
-lands in one partition, where support rates, duplicates and first rows of comparisons are
-a local numpy group-by; the counted votes stay in the object store, sorted by row id.
-The second pass reads each chunk again (texts and text ids now) and takes its rows'
-results back by row id, so the full rows stream from input to output and never wait in
-a shuffle: memory follows the object store and the narrow votes, not the texts. No row
-comes to the driver. User-level groups need each user's mean training support first:
-tasks over the counted votes return per-user sums (users, not rows, come to the driver).
-Each write task hands back narrow aggregates of the block it wrote (per user, and the
-block's counts: :mod:`pafo_ray.data.sink`) for ``users.parquet`` and the summary.
-Output:
+Only narrow *votes* of valid rows (row id, comparison key, user, direction, split, given
+support: ~50 bytes a row against ~700 with the texts) are shuffled: every vote on a
+comparison lands in one hash partition, where support rates, duplicates and first rows of
+comparisons are a local numpy group-by. One Ray task per partition takes its slice of
+every vote block from the object store (zero-copy on a node; on a cluster each node pulls
+the blocks once, ~50 bytes a row) and leaves its counts there, sorted by row id. The
+second pass reads each chunk again (texts and text ids now), takes its rows' results back
+by row id, labels and writes in the same task: the full rows stream from input to output
+and never wait in a shuffle, so memory follows the object store and the narrow votes,
+not the texts. No row comes to the driver. User-level groups need each user's mean
+training support first: a Ray Data map over the counts gives per-user sums (users, not
+rows, come to the driver). Each write task hands back narrow aggregates of the block it
+wrote (per user, and the block's counts: :mod:`pafo_ray.data.sink`) for ``users.parquet``
+and the summary. Output:
 
     prepare/data/split={train,val,test}/group=<group>/*.parquet
     prepare/data/split=set_aside/group=<reason>/*.parquet   (nothing is dropped)
