@@ -361,3 +361,23 @@ def test_teacher_init_without_that_teacher_set_names_the_fix():
     assert teacher_suffix("both", "auto") == "" and teacher_suffix("both", "vanilla") == "_ft"
     with pytest.raises(ValueError, match="teachers.init=both"):
         target_settings(DistillConfig(teacher_init="vanilla"), "scratch", STATS, 40)
+
+
+def test_read_frame_unifies_column_types_that_differ_between_files(tmp_path):
+    """A Ray Data task whose block had only nulls in a column writes it as type ``null``;
+    the first file's schema alone failed the read ("Unsupported cast from double to null")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pafo_ray.train.inmemory import read_frame
+
+    folder = tmp_path / "rows" / "group=minority"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"extra_rank": pa.nulls(2), "user_id": pa.array(["a", "b"])}),
+                   folder / "0.parquet")
+    pq.write_table(pa.table({"extra_rank": [0.25, 0.5],
+                             "user_id": pa.array(["c", "d"], pa.large_string())}), folder / "1.parquet")
+    frame = read_frame(str(tmp_path / "rows")).sort_values("user_id")
+    assert frame["user_id"].tolist() == ["a", "b", "c", "d"]
+    assert frame["extra_rank"].isna().tolist() == [True, True, False, False]
+    assert frame["extra_rank"].sum() == 0.75 and (frame["group"] == "minority").all()

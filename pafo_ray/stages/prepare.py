@@ -64,8 +64,7 @@ def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_f
 
 def _read_votes(batch: pa.Table, *, partitions: int, **validate) -> pa.Table:
     """Pass 1: the narrow votes of the chunks' valid rows (no texts)."""
-    tables = _read_validated(batch, **validate)
-    return pa.concat_tables([support_lib.votes_of(pa.concat_tables(tables), partitions)])
+    return support_lib.votes_of(pa.concat_tables(_read_validated(batch, **validate)), partitions)
 
 
 def _count(partition: int, *blocks: pa.Table, **kwargs) -> pa.Table:
@@ -212,6 +211,14 @@ def _map(ds, fn, blocks: int, **kwargs):
                           compute=ray.data.TaskPoolStrategy(size=_tasks(blocks)), **kwargs)
 
 
+def _cpus_per_task() -> int:
+    """Logical CPUs a count task asks for, so that at most one runs per core: a local Ray
+    advertises more CPUs than cores (for concurrent trainers); a cluster: 1."""
+    from pafo_ray.ray_session import cluster_cpus
+
+    return max(1, cluster_cpus() // _cores())
+
+
 def _tasks(blocks: int) -> int:
     return max(1, min(_cores(), blocks))
 
@@ -238,7 +245,7 @@ def run(ctx: StageContext) -> dict:
         votes = _map(chunks_ds, _read_votes, len(chunks), batch_size=1,
                      fn_kwargs=dict(validate, partitions=partitions)).to_arrow_refs()
         # the shuffle: one task per partition takes its slice of every block (zero-copy)
-        count = ray.remote(_count).options(name="prepare.count_votes")
+        count = ray.remote(_count).options(name="prepare.count_votes", num_cpus=_cpus_per_task())
         vote_refs = [count.remote(p, *votes, prior_a=prep.prior_a, prior_b=prep.prior_b,
                                   min_raters=prep.min_raters, with_users=user_level,
                                   few_raters_policy=prep.few_raters_policy)

@@ -29,13 +29,23 @@ class StudentData:
 
 def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
     """Parquet rows under ``uri`` as one frame; ``columns`` limits what is read (names the
-    files lack are skipped)."""
+    files lack are skipped).
+
+    Files written by different Ray Data tasks can disagree on a column's type (an all-null
+    block written as ``null``, ``string`` next to ``large_string``): the files' schemas are
+    unified first, promoting such columns, instead of trusting the first file's."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     from pafo_ray.storage import split_uri
 
     fs, path = split_uri(uri)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    schemas = [dataset.schema] + [f.physical_schema for f in dataset.get_fragments()]
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    if not unified.equals(dataset.schema):
+        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+                               schema=unified)
     if columns is not None:
         columns = [c for c in columns if c in dataset.schema.names]
     return dataset.to_table(columns=columns).to_pandas()
