@@ -157,3 +157,15 @@ def test_section_hash_follows_the_fields_it_covers():
         base.section_hash("train")
     # Sections are named in the hash: the same values under another section name differ.
     assert base.section_hash("train") != base.section_hash("model")
+
+
+def test_a_relative_storage_path_is_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    """Ray Train workers run in their own artifact folders: a relative path in the config
+    they receive pointed into that folder (`pafo-ray run` with the default `pafo_runs`)."""
+    from pafo_ray.stages.base import StageContext
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run.storage_path=runs/here", "run.run_name=r"])
+    ctx = StageContext.create(cfg)
+    assert cfg.run.storage_path == str(tmp_path / "runs" / "here")
+    assert ctx.run_dir.root == str(tmp_path / "runs" / "here" / "r")

@@ -34,6 +34,12 @@ class StageContext:
 
     @classmethod
     def create(cls, cfg: PipelineConfig) -> "StageContext":
+        """A relative local ``run.storage_path`` is made absolute here, on the driver: the
+        config travels to Ray Train workers, which run in their own artifact folders."""
+        import os
+
+        if "://" not in cfg.run.storage_path:
+            cfg.run.storage_path = os.path.abspath(cfg.run.storage_path)
         return cls(cfg, RunDir(cfg.run.storage_path, cfg.run.run_name))
 
 
