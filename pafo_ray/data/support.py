@@ -46,16 +46,22 @@ def votes_of(table: pa.Table, partitions: int) -> pa.Table:
     return votes.take(pa.array(order)).append_column("partition", pa.array(partition[order]))
 
 
-def partition_of(blocks: list, partition: int) -> pa.Table:
-    """All votes of one hash partition: its slice of every block of :func:`votes_of`."""
+def _slices(blocks: list, column: str, lo, hi) -> list:
+    """The rows of each block whose sorted ``column`` lies in [lo, hi], one slice a block."""
     parts = []
     for block in blocks:
         if not block.num_rows:
             continue
-        ids = block.column("partition").to_numpy()
-        a, b = np.searchsorted(ids, partition, "left"), np.searchsorted(ids, partition, "right")
+        values = block.column(column).to_numpy()
+        a, b = np.searchsorted(values, lo, side="left"), np.searchsorted(values, hi, side="right")
         if b > a:
             parts.append(block.slice(a, b - a))
+    return parts
+
+
+def partition_of(blocks: list, partition: int) -> pa.Table:
+    """All votes of one hash partition: its slice of every block of :func:`votes_of`."""
+    parts = _slices(blocks, "partition", partition, partition)
     return pa.concat_tables(parts) if parts else votes_of(_EMPTY, 1)
 
 
@@ -144,15 +150,7 @@ def gather_votes(blocks: list, row_ids: np.ndarray) -> pa.Table:
     """
     if not row_ids.size:
         return None
-    lo, hi = int(row_ids[0]), int(row_ids[-1])
-    parts = []
-    for block in blocks:
-        if not block.num_rows:
-            continue
-        ids = block.column("row_id").to_numpy()
-        a, b = np.searchsorted(ids, lo, side="left"), np.searchsorted(ids, hi, side="right")
-        if b > a:
-            parts.append(block.slice(a, b - a))
+    parts = _slices(blocks, "row_id", int(row_ids[0]), int(row_ids[-1]))
     table = pa.concat_tables(parts) if parts else None
     if table is None or table.num_rows != row_ids.size:
         found = 0 if table is None else table.num_rows
