@@ -218,7 +218,7 @@ def check_same_support(ctx, baseline_dir: str) -> float:
     import numpy as np
     import pyarrow.dataset as pads
 
-    ours = pads.dataset(ctx.run_dir.uri("prepare", "data"), format="parquet",
+    ours = pads.dataset(ctx.run_dir.prepared_rows(), format="parquet",
                         partitioning="hive").to_table(columns=["row_id", "support_rate", "split"])
     theirs = pads.dataset(baseline_dir, format="parquet").to_table(
         columns=["row_id", "support_rate"])

@@ -99,8 +99,8 @@ def vanilla_job(ctx, tag: str):
     from pafo_ray.train.ray_train import TrainJob
 
     return TrainJob("vanilla", J.objective_for("vanilla", ctx.cfg),
-                    J.rows_uris(ctx.run_dir, "train"), J.rows_uris(ctx.run_dir, "val"),
-                    ["bench", tag, "vanilla"])
+                    ctx.run_dir.grouped_rows("train"), ctx.run_dir.grouped_rows("val"),
+                    ctx.run_dir.uri("bench", tag, "vanilla"))
 
 
 def timed_train_func(config: dict) -> dict:
@@ -155,16 +155,16 @@ def plain_fit(ctx, job, threads: int) -> tuple:
 
     from pafo_ray.train import jobs as J
     from pafo_ray.train.arrays import build_rows, read_cache, user_map
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.build import build_model
+    from pafo_ray.train.frames import read_frame
     from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.ray_train import build_model, load_users
 
     cfg, before = ctx.cfg, torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         began = time.perf_counter()
-        cache = read_cache(ctx.run_dir.uri("embed", "cache"))
-        model = build_model(cfg, load_users(ctx.run_dir), cache, None)
+        cache = read_cache(ctx.run_dir.embed_cache())
+        model = build_model(cfg.model, ctx.run_dir.user_ids(), cache, None)
         umap, names = user_map(model.user_ids), J.names(cfg)
         train, val = (build_rows(read_frame(u[0]), users=umap, group_names=names, cache=cache)
                       for u in (job.train, job.val))
@@ -215,16 +215,16 @@ def teacher_jobs(ctx, tag: str) -> list:
     from pafo_ray.train import jobs as J
     from pafo_ray.train.ray_train import TrainJob
 
-    summary = ctx.run_dir.read_json("groups", "summary.json")
-    counts = J.train_row_counts(ctx.run_dir)
+    summary = ctx.run_dir.groups_summary()
+    counts = summary.row_counts("train")
     jobs = [vanilla_job(ctx, tag)]
     for g in J.names(ctx.cfg):
         if counts.get(g, 0) < ctx.cfg.teachers.min_rows:
             continue
-        val = ([g] if summary["groups"].get("val", {}).get(g, 0) > 0 else None)
+        val = ([g] if summary.row_counts("val").get(g, 0) > 0 else None)
         jobs.append(TrainJob(g, J.objective_for("teacher", ctx.cfg),
-                             J.rows_uris(ctx.run_dir, "train", [g]),
-                             J.rows_uris(ctx.run_dir, "val", val), ["bench", tag, g]))
+                             ctx.run_dir.grouped_rows("train", [g]),
+                             ctx.run_dir.grouped_rows("val", val), ctx.run_dir.uri("bench", tag, g)))
     return jobs
 
 
@@ -235,16 +235,16 @@ def bench_teachers(ctx) -> list:
 
     stamp = time.time_ns()
     with TreeUsage() as use, Timer() as together:
-        run_jobs(ctx, "bench-teachers", teacher_jobs(ctx, "together"), f"c{stamp}")
+        run_jobs(ctx.cfg, ctx.run_dir, "bench-teachers", teacher_jobs(ctx, "together"), f"c{stamp}")
     alone, cpu = {}, 0.0
     for job in teacher_jobs(ctx, "alone"):
         with TreeUsage() as one, Timer() as t:
-            run_jobs(ctx, "bench-teachers", [job], f"s{stamp}")
+            run_jobs(ctx.cfg, ctx.run_dir, "bench-teachers", [job], f"s{stamp}")
         alone[job.name] = t.seconds
         cpu += one.cpu_seconds
     groups = [j for j in teacher_jobs(ctx, "groups") if j.name != "vanilla"]
     with Timer() as pair:
-        run_jobs(ctx, "bench-teachers", groups, f"g{stamp}")
+        run_jobs(ctx.cfg, ctx.run_dir, "bench-teachers", groups, f"g{stamp}")
     rows = []
     for label, wall, names, extra in (
             ("+".join(alone), together.seconds, list(alone),
@@ -268,14 +268,14 @@ def plain_embed(ctx) -> tuple:
     import torch
 
     from pafo_ray.models.backbone import TextEncoder
-    from pafo_ray.stages.embed import _texts
+    from pafo_ray.stages.embed import texts_of
     from pafo_ray.train.arrays import read_cache
 
     m = ctx.cfg.model
-    rows = pads.dataset(ctx.run_dir.uri("prepare", "data"), format="parquet",
+    rows = pads.dataset(ctx.run_dir.prepared_rows(), format="parquet",
                         partitioning="hive").to_table(
         columns=["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
-    texts = _texts(rows)
+    texts = texts_of(rows)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -323,13 +323,13 @@ def bench_margins(ctx, copies: int, repeats: int) -> list:
     import ray.data
 
     from pafo_ray.scoring import MarginScorer, score_columns, score_dataset
-    from pafo_ray.train import jobs as J
-    from pafo_ray.train.inmemory import read_frame, train_vanilla
+    from pafo_ray.train.frames import read_frame
+    from pafo_ray.train.inmemory import train_vanilla
 
     cfg = ctx.cfg
     model, _ = train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
                              user_shrinkage=cfg.model.user_shrinkage)
-    uris = J.rows_uris(ctx.run_dir, "train") + J.rows_uris(ctx.run_dir, "val")
+    uris = ctx.run_dir.grouped_rows("train") + ctx.run_dir.grouped_rows("val")
     columns = [c for c in score_columns(cfg) if c not in ("group", "split")]  # the scorer's
     base = pd.concat([read_frame(u, columns) for u in uris], ignore_index=True)[columns]
     step = int(base["row_id"].max()) + 1

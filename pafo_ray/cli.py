@@ -1,7 +1,7 @@
 """``pafo-ray``: the whole pipeline, any single stage, or the synthetic data.
 
     pafo-ray run [--config my.yaml] [section.key=value ...]
-    pafo-ray prepare|embed|teachers|margins|baselines|tune|distill|evaluate [...]
+    pafo-ray <stage> [...]      (one stage: pafo_ray/stages/registry.py lists them, in order)
     pafo-ray generate OUT_DIR [generator overrides ...]
     pafo-ray show-config [--config my.yaml] [overrides]
 
@@ -14,19 +14,6 @@ import argparse
 import logging
 import sys
 from typing import Optional
-
-STAGE_HELP = {
-    "prepare": "Ray Data: validate rows, support rates, groups, splits",
-    "embed": "Ray Data actor pool: embed every distinct text once (frozen mode)",
-    "regularize": "weight decay and user shrinkage chosen on vanilla's validation (frozen)",
-    "groups": "the users' final groups (support or mixture) and the rows partitioned by them",
-    "teachers": "Ray Train: one teacher per group, concurrently, plus vanilla",
-    "margins": "Ray Data batch inference: each teacher's margins on every row",
-    "baselines": "Ray Train: reweight, groupdro, fairness_penalty",
-    "tune": "Ray Tune + Optuna: Pareto search of the distillation weights",
-    "distill": "Ray Train: the unified student (no group input)",
-    "evaluate": "metrics, report.md, metrics.json and plots for every method",
-}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -41,9 +28,11 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="rerun even if output is complete")
         return p
 
+    from pafo_ray.stages.registry import STAGES
+
     add("run", "the whole pipeline (default: built-in synthetic data, local Ray)")
-    for name, help in STAGE_HELP.items():
-        add(name, help)
+    for stage in STAGES:
+        add(stage.name, stage.help)
     gen = sub.add_parser("generate", help="write the built-in synthetic dataset as parquet")
     gen.add_argument("out_dir")
     gen.add_argument("overrides", nargs="*", help="generator fields, e.g. num_users=1000")
@@ -98,11 +87,10 @@ def _run(cfg, command: str) -> int:
 
 
 def _generate(args) -> int:
-    from pafo_ray.config import GeneratorConfig, _bind, parse_override
+    from pafo_ray.config import generator_config
     from pafo_ray.data.generate import write_generated
 
-    values = dict(parse_override(text) for text in args.overrides)
-    cfg = _bind(GeneratorConfig, values, "generator")
+    cfg = generator_config(args.overrides)
     files = write_generated(cfg, args.out_dir)
     print(f"wrote {len(files)} file(s) to {args.out_dir}")
     return 0

@@ -389,3 +389,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
 
 def config_from_dict(tree: dict) -> PipelineConfig:
     return _bind(PipelineConfig, tree, "")
+
+
+def generator_config(overrides: Optional[list] = None) -> GeneratorConfig:
+    """The built-in generator's config from ``key=value`` overrides (``pafo-ray generate``)."""
+    return _bind(GeneratorConfig, dict(parse_override(text) for text in overrides or []),
+                 "generator")
+
+
+def check_value(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against a field type (``key`` names it in the error); the search
+    space binds its entries with the config's own rules."""
+    return _check_value(value, tp, key)

@@ -34,20 +34,19 @@ class MarginScorer:
         import tempfile
 
         from pafo_ray.config import config_from_dict
+        from pafo_ray.layout import RunLayout
         from pafo_ray.models import RewardModel
-        from pafo_ray.storage import RunDir
+        from pafo_ray.storage import local_copy
         from pafo_ray.train.arrays import read_cache
         from pafo_ray.train.loop import PairScorer
-        from pafo_ray.train.ray_train import _local_model
 
         cfg = config_from_dict(pipeline)
         self.models = {}
         for column, uri in models.items():
             with tempfile.TemporaryDirectory() as tmp:
-                model = RewardModel.from_pretrained(_local_model(uri, tmp)).to(device).eval()
+                model = RewardModel.from_pretrained(local_copy(uri, tmp)).to(device).eval()
             self.models[column] = (model, PairScorer(model))
-        run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
-        self.cache = (read_cache(run_dir.uri("embed", "cache"))
+        self.cache = (read_cache(RunLayout.of(cfg).embed_cache())
                       if cfg.model.mode == "frozen" else None)
         self.device = device
 

@@ -145,3 +145,16 @@ def download_dir(run_dir: RunDir, local_dir: str, *parts: str) -> str:
     pafs.copy_files(source, local_dir, source_filesystem=run_dir.fs,
                     destination_filesystem=pafs.LocalFileSystem())
     return local_dir
+
+
+def local_copy(uri: str, local_dir: str) -> str:
+    """A local path holding the folder at ``uri``: the path itself when it is local, else a
+    copy in ``local_dir`` (a saved model read from object storage)."""
+    if "://" not in uri:
+        return uri
+    from pyarrow import fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(path, local_dir, source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return local_dir

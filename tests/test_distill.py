@@ -281,7 +281,7 @@ def test_margins_and_distill_stages(teachers_run):
     from pafo_ray.models import RewardModel
     from pafo_ray.stages.base import run_stage
     from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.frames import read_frame
 
     _, ctx = teachers_run
     run_dir = ctx.run_dir
@@ -369,7 +369,7 @@ def test_read_frame_unifies_column_types_that_differ_between_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.frames import read_frame
 
     folder = tmp_path / "rows" / "group=minority"
     folder.mkdir(parents=True)

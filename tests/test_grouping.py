@@ -139,12 +139,10 @@ def _rows(run_dir, stage):
 
 @pytest.mark.ray
 def test_groups_stage_keeps_every_row_once_in_its_users_group(grouped):
-    from pafo_ray.stages.groups import read_users
-
     ctx, _ = grouped
     prepared, rows = _rows(ctx.run_dir, "prepare"), _rows(ctx.run_dir, "groups")
     assert sorted(rows["row_id"]) == sorted(prepared["row_id"])
-    users = read_users(ctx.run_dir).set_index("user_id")
+    users = ctx.run_dir.users().set_index("user_id")
     mapped = users["group"].reindex(rows["user_id"].astype(str)).to_numpy()
     assert (rows["group"].astype(str).to_numpy() == mapped).all()
     summary = ctx.run_dir.read_json("groups", "summary.json")
@@ -161,10 +159,8 @@ def test_groups_stage_keeps_every_row_once_in_its_users_group(grouped):
 
 @pytest.mark.ray
 def test_support_method_keeps_prepares_groups(grouped):
-    from pafo_ray.stages.groups import read_users
-
     _, support = grouped
-    users = read_users(support.run_dir)
+    users = support.run_dir.users()
     assert (users["group"] == users["support_group"]).all()
     rows = _rows(support.run_dir, "groups")
     prepared = _rows(support.run_dir, "prepare").set_index("row_id")

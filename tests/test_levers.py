@@ -103,12 +103,12 @@ def test_reweight_and_baseline_objectives_differ_from_vanilla():
 
 
 def test_teacher_init_from_vanilla_starts_from_its_weights(tmp_path):
-    from pafo_ray.train.ray_train import build_model
+    from pafo_ray.train.build import build_model
 
     cfg = load_config()
     vanilla = _model(cfg)
     vanilla.save_pretrained(tmp_path / "vanilla")
-    started = build_model(cfg, ["a", "b", "c"], None, str(tmp_path / "vanilla"))
+    started = build_model(cfg.model, ["a", "b", "c"], None, str(tmp_path / "vanilla"))
     for (name, a), (_, b) in zip(vanilla.state_dict().items(), started.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
 

@@ -129,7 +129,7 @@ def test_teachers_learn_above_chance(prepared, variant):
 def _val_margins(ctx, model, group: str) -> np.ndarray:
     """The saved model's margins on the validation rows it was validated on."""
     from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.frames import read_frame
 
     rows = read_frame(ctx.run_dir.uri("groups", "data", "split=val", f"group={group}"))
     users = rows["user_id"].astype(str).tolist()
@@ -281,7 +281,7 @@ def test_both_teacher_sets_train_and_get_scored(prepared):
     the scratch ones), and the margins stage scores every row with all four."""
     from pafo_ray.models import RewardModel
     from pafo_ray.stages.base import run_stage
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.frames import read_frame
 
     ctx, summary = prepared("both", **{"teachers.init": "both", "teachers.finetune_epochs": 2})
     assert set(summary["jobs"]) == {"vanilla", *GROUPS, *(g + "_ft" for g in GROUPS)}

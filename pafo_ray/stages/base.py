@@ -1,10 +1,11 @@
 """The contract every stage keeps: inputs, outputs, config, ``run()``.
 
-A stage is a module with ``NAME``, ``DEPENDS`` (stages whose outputs it reads),
-``SECTIONS`` (config sections it reads) and ``run(ctx) -> summary dict``. The runner
-hashes the sections together with the hashes of the stages it depends on, skips the
-stage when ``<run>/<stage>/_SUCCESS.json`` carries that hash, and otherwise clears the
-folder, runs it, writes ``summary.json`` and the marker last.
+A stage is a module with ``NAME``, ``SECTIONS`` (config sections it reads, or a
+``hash_payload(cfg)``) and ``run(ctx) -> summary dict``; its order, when it is active and
+the stages it reads are in :mod:`pafo_ray.stages.registry`. The runner hashes the sections
+together with the hashes of the stages it depends on, skips the stage when
+``<run>/<stage>/_SUCCESS.json`` carries that hash, and otherwise clears the folder, runs it,
+writes ``summary.json`` and the marker last (paths: :mod:`pafo_ray.layout`).
 """
 
 from __future__ import annotations
@@ -16,20 +17,19 @@ import time
 from dataclasses import dataclass, field
 
 from pafo_ray.config import PipelineConfig
-from pafo_ray.storage import RunDir
+from pafo_ray.layout import RunLayout
+from pafo_ray.stages.registry import CONCURRENT, ORDER, depends, is_active
+
+__all__ = ["CONCURRENT", "ORDER", "StageContext", "apply_upstream", "is_active", "is_done",
+           "run_pipeline", "run_stage", "stage_hash", "stage_module"]
 
 log = logging.getLogger("pafo_ray")
-
-# Pipeline order. `embed` runs in frozen mode (or for mixture groups); `regularize` in frozen
-# mode; `tune` only when num_samples > 0.
-ORDER = ["input", "prepare", "embed", "regularize", "groups", "teachers", "margins", "baselines",
-         "tune", "distill", "evaluate"]
 
 
 @dataclass
 class StageContext:
     cfg: PipelineConfig
-    run_dir: RunDir
+    run_dir: RunLayout
     hashes: dict = field(default_factory=dict)
 
     @classmethod
@@ -40,7 +40,7 @@ class StageContext:
 
         if "://" not in cfg.run.storage_path:
             cfg.run.storage_path = os.path.abspath(cfg.run.storage_path)
-        return cls(cfg, RunDir(cfg.run.storage_path, cfg.run.run_name))
+        return cls(cfg, RunLayout(cfg.run.storage_path, cfg.run.run_name))
 
 
 def stage_module(name: str):
@@ -54,23 +54,10 @@ def stage_hash(ctx: StageContext, name: str) -> str:
     own = (module.hash_payload(ctx.cfg) if hasattr(module, "hash_payload")
            else ctx.cfg.section_hash(*module.SECTIONS))
     parts = [own, str(ctx.cfg.run.seed)]
-    parts += [stage_hash(ctx, dep) for dep in module.DEPENDS if is_active(ctx.cfg, dep)]
+    parts += [stage_hash(ctx, dep) for dep in depends(name) if is_active(ctx.cfg, dep)]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     ctx.hashes[name] = digest
     return digest
-
-
-def is_active(cfg: PipelineConfig, name: str) -> bool:
-    if name == "embed":  # the mixture groups score cached features in finetune mode too
-        return cfg.model.mode == "frozen" or (cfg.groups.method == "mixture"
-                                              and cfg.prepare.group_level == "user")
-    if name == "regularize":
-        return cfg.model.mode == "frozen" and cfg.train.select_regularization
-    if name == "tune":
-        return cfg.tune.num_samples > 0
-    if name == "baselines":
-        return bool(cfg.baselines.methods)
-    return True
 
 
 def is_done(ctx: StageContext, name: str) -> bool:
@@ -82,11 +69,11 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     module = stage_module(name)
     digest = stage_hash(ctx, name)
     if not force and ctx.run_dir.is_complete(name, digest):
-        summary = ctx.run_dir.read_json(name, "summary.json")
-        print(f"[{name}] done already ({ctx.run_dir.uri(name)}), skipped", flush=True)
+        summary = ctx.run_dir.summary(name)
+        print(f"[{name}] done already ({ctx.run_dir.stage_dir(name)}), skipped", flush=True)
         _apply_updates(ctx, summary)
         return summary
-    for dep in module.DEPENDS:
+    for dep in depends(name):
         if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
             raise RuntimeError(f"stage '{name}' needs '{dep}', which has no complete output "
                                f"for this config: run `pafo-ray {dep}` (or `pafo-ray run`) first")
@@ -94,10 +81,10 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     began = time.time()
     summary = module.run(ctx)
     summary["seconds"] = round(time.time() - began, 2)
-    ctx.run_dir.write_json(summary, name, "summary.json")
+    ctx.run_dir.write_summary(name, summary)
     ctx.run_dir.mark_complete(name, digest)
     print(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
-          f"-> {ctx.run_dir.uri(name)}", flush=True)
+          f"-> {ctx.run_dir.stage_dir(name)}", flush=True)
     _apply_updates(ctx, summary)
     return summary
 
@@ -120,12 +107,7 @@ def apply_upstream(ctx: StageContext) -> None:
     if is_active(ctx.cfg, name):
         stage_hash(ctx, name)
         if is_done(ctx, name):
-            _apply_updates(ctx, ctx.run_dir.read_json(name, "summary.json"))
-
-
-# Stages that read the same inputs and nothing of each other: run side by side, so their
-# Ray Train fixed costs overlap instead of adding up.
-CONCURRENT = ("teachers", "baselines")
+            _apply_updates(ctx, ctx.run_dir.summary(name))
 
 
 def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:

@@ -11,7 +11,6 @@ from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
 
 NAME = "baselines"
-DEPENDS = ["groups", "embed", "regularize"]
 SECTIONS = ("model", "train", "baselines")
 
 
@@ -20,9 +19,10 @@ def run(ctx: StageContext) -> dict:
     unknown = [m for m in cfg.baselines.methods if m not in J.BASELINE_KINDS]
     if unknown:
         raise ValueError(f"baselines.methods: unknown {unknown}; known {sorted(J.BASELINE_KINDS)}")
-    jobs = [TrainJob(m, J.objective_for(m, cfg), J.rows_uris(run_dir, "train"),
-                     J.rows_uris(run_dir, "val"), [NAME, m]) for m in cfg.baselines.methods]
-    return {"jobs": run_jobs(ctx, NAME, jobs, stage_hash(ctx, NAME))}
+    jobs = [TrainJob(m, J.objective_for(m, cfg), run_dir.grouped_rows("train"),
+                     run_dir.grouped_rows("val"), run_dir.baseline_model(m))
+            for m in cfg.baselines.methods]
+    return {"jobs": run_jobs(cfg, run_dir, NAME, jobs, stage_hash(ctx, NAME))}
 
 
 def describe(summary: dict) -> str:

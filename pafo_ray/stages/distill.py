@@ -17,7 +17,6 @@ from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
 
 NAME = "distill"
-DEPENDS = ["margins", "tune"]
 SECTIONS = ("model", "train", "distill")
 
 
@@ -25,7 +24,7 @@ def chosen_settings(ctx: StageContext) -> tuple[PipelineConfig, str]:
     """(the config with the chosen trial's params written in, where they came from)."""
     cfg = ctx.cfg
     if cfg.distill.use_tuned and is_active(cfg, "tune") and is_done(ctx, "tune"):
-        chosen = ctx.run_dir.read_json("tune", "summary.json").get("chosen")
+        chosen = ctx.run_dir.tune_summary().chosen
         if chosen:
             from tuning.space import apply_params
 
@@ -36,7 +35,7 @@ def chosen_settings(ctx: StageContext) -> tuple[PipelineConfig, str]:
 def targets_for(ctx: StageContext, distill: DistillConfig) -> dict:
     from pafo_ray.train.targets import target_settings
 
-    stats = ctx.run_dir.read_json("margins", "teacher_stats.json")
+    stats = ctx.run_dir.teacher_stats()
     return target_settings(distill, ctx.cfg.teachers.init, stats,
                            ctx.cfg.margins.extra_pairs_per_user)
 
@@ -44,9 +43,9 @@ def targets_for(ctx: StageContext, distill: DistillConfig) -> dict:
 def margin_uris(run_dir, split: str, distill: DistillConfig | None = None) -> list:
     """Margin rows of a split; for training with ``distill.extra_pairs > 0`` also the
     unlabelled comparisons (``split=extra``)."""
-    uris = [run_dir.uri("margins", "rows", f"split={split}")]
-    if distill is not None and distill.extra_pairs > 0 and run_dir.exists("margins", "rows", "split=extra"):
-        uris.append(run_dir.uri("margins", "rows", "split=extra"))
+    uris = [run_dir.margin_rows(split)]
+    if distill is not None and distill.extra_pairs > 0 and run_dir.has_margin_rows("extra"):
+        uris.append(run_dir.margin_rows("extra"))
     return uris
 
 
@@ -56,14 +55,15 @@ def run(ctx: StageContext) -> dict:
     tuned = dataclasses.replace(ctx, cfg=chosen)
     jobs = [TrainJob("student", J.objective_for("pafo", chosen),
                      margin_uris(run_dir, "train", chosen.distill),
-                     J.rows_uris(run_dir, "val"), [NAME, "student"],
+                     run_dir.grouped_rows("val"), run_dir.student_model("student"),
                      targets=targets_for(tuned, chosen.distill), config=chosen.to_dict())]
     if origin != "distill config":
         # The report compares the tuned student with the default-weights one.
         jobs.append(TrainJob("student_default", J.objective_for("pafo", cfg),
-                             margin_uris(run_dir, "train", cfg.distill), J.rows_uris(run_dir, "val"),
-                             [NAME, "student_default"], targets=targets_for(ctx, cfg.distill)))
-    results = run_jobs(ctx, NAME, jobs, stage_hash(ctx, NAME))
+                             margin_uris(run_dir, "train", cfg.distill), run_dir.grouped_rows("val"),
+                             run_dir.student_model("student_default"),
+                             targets=targets_for(ctx, cfg.distill)))
+    results = run_jobs(cfg, run_dir, NAME, jobs, stage_hash(ctx, NAME))
     changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()
                          if getattr(getattr(cfg, section), k) != v}
                for section in ("train", "model")}

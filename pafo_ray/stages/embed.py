@@ -14,7 +14,6 @@ import pyarrow as pa
 from pafo_ray.stages.base import StageContext
 
 NAME = "embed"
-DEPENDS = ["prepare"]
 SECTIONS = ("model",)
 # Only what changes the vectors: heads and regularisation reuse the same cache.
 EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template")
@@ -28,7 +27,8 @@ def hash_payload(cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _texts(batch: pa.Table) -> pa.Table:
+def texts_of(batch: pa.Table) -> pa.Table:
+    """Each (prompt, response) text of the kept rows once: ``text_id``, ``prompt``, ``response``."""
     split = batch.column("split").to_numpy(zero_copy_only=False)
     keep = split != "set_aside"
     prompts = batch.column("prompt").to_numpy(zero_copy_only=False)[keep]
@@ -88,9 +88,9 @@ def run(ctx: StageContext) -> dict:
     cpus = cluster_cpus()
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
     actors = max(1, min(e.num_actors, cpus - 1))
-    ds = ray.data.read_parquet(run_dir.uri("prepare", "data")).select_columns(
+    ds = ray.data.read_parquet(run_dir.prepared_rows()).select_columns(
         ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
-    texts = (ds.map_batches(_texts, batch_format="pyarrow", batch_size=None)
+    texts = (ds.map_batches(texts_of, batch_format="pyarrow", batch_size=None)
              .repartition(max(1, min(data_parallelism(), 8)), keys=["text_id"])
              .map_batches(_distinct, batch_format="pyarrow", batch_size=None)
              # A hash partition is one block of every text it holds; handed to an actor whole
@@ -105,7 +105,7 @@ def run(ctx: StageContext) -> dict:
                                    device=device),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=e.num_gpus_per_actor or None, num_cpus=e.cpus_per_actor)
-    cache_uri = run_dir.uri(NAME, "cache")
+    cache_uri = run_dir.embed_cache()
     embedded.write_parquet(cache_uri)
     stats = ray.data.read_parquet(cache_uri).select_columns(["text_id", "truncated"])
     texts_count = stats.count()

@@ -16,11 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pafo_ray.stages.base import StageContext, is_active, is_done
-from pafo_ray.storage import upload_dir
-from pafo_ray.train import jobs as J
 
 NAME = "evaluate"
-DEPENDS = ["distill", "baselines"]
 SECTIONS = ("evaluate",)
 KEEP = ["row_id", "user_id", "group", "support_rate", "user_type"]
 
@@ -29,20 +26,20 @@ def tuned_baselines(ctx: StageContext) -> dict:
     """``{method: search summary}`` of the baselines the tune stage searched (may be empty)."""
     if not (is_active(ctx.cfg, "tune") and is_done(ctx, "tune")):
         return {}
-    return ctx.run_dir.read_json("tune", "summary.json").get("baseline_searches") or {}
+    return ctx.run_dir.tune_summary().baseline_searches
 
 
 def method_models(ctx: StageContext) -> dict:
     """Each method's saved model; a baseline whose own search chose a setting is that one."""
     run_dir, cfg = ctx.run_dir, ctx.cfg
-    models = {"vanilla": run_dir.uri("teachers", "vanilla")}
+    models = {"vanilla": run_dir.teacher_model("vanilla")}
     tuned = tuned_baselines(ctx)
     if is_active(cfg, "baselines"):
         for m in cfg.baselines.methods:
-            models[m] = (tuned.get(m) or {}).get("model") or run_dir.uri("baselines", m)
-    models["pafo"] = run_dir.uri("distill", "student")
-    if run_dir.exists("distill", "student_default", "config.json"):
-        models["pafo_default"] = run_dir.uri("distill", "student_default")
+            models[m] = (tuned.get(m) or {}).get("model") or run_dir.baseline_model(m)
+    models["pafo"] = run_dir.student_model("student")
+    if run_dir.has_student("student_default"):
+        models["pafo_default"] = run_dir.student_model("student_default")
     return models
 
 
@@ -53,7 +50,7 @@ def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
     from pafo_ray.scoring import score_columns, score_dataset
 
     cfg = ctx.cfg
-    ds = ray.data.read_parquet(J.rows_uris(ctx.run_dir, split)).select_columns(
+    ds = ray.data.read_parquet(ctx.run_dir.grouped_rows(split)).select_columns(
         score_columns(cfg) + ["support_rate", "user_type"])
     ds = score_dataset(ds, {f"margin_{m}": uri for m, uri in models.items()}, cfg.to_dict(),
                        batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
@@ -76,12 +73,11 @@ def method_frames(scored: pd.DataFrame, users: pd.DataFrame, models: dict) -> di
 def run(ctx: StageContext) -> dict:
     from pafo_ray.comparison import compare_methods
     from pafo_ray.report import write_report
-    from pafo_ray.stages.groups import read_users
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     models = method_models(ctx)
     scored = score_split(ctx, models, cfg.evaluate.split)
-    users = read_users(run_dir)
+    users = run_dir.users()
     frames = method_frames(scored, users, models)
     metrics = compare_methods(frames, reference="vanilla", buckets=cfg.evaluate.support_buckets,
                               bootstrap=cfg.evaluate.bootstrap, seed=cfg.run.seed)
@@ -89,24 +85,24 @@ def run(ctx: StageContext) -> dict:
     notes = _notes(ctx, unknown, len(scored))
     pareto = None
     if is_active(cfg, "tune") and is_done(ctx, "tune"):
-        pareto = run_dir.read_json("tune", "summary.json")
+        pareto = run_dir.tune_summary().data
     with tempfile.TemporaryDirectory() as tmp:
-        local = run_dir.local_dir(NAME) or tmp
+        local = run_dir.local_path(run_dir.evaluate_dir()) or tmp
         paths = write_report(local, metrics, title=f"pafo_ray report: {cfg.run.run_name}",
                              notes=notes, pareto=pareto)
         if pareto and pareto.get("plot"):
-            _copy_plot(run_dir, local)
-        upload_dir(local, run_dir, NAME)
-    return {"report": run_dir.uri(NAME, "report.md"), "methods": list(models),
+            _copy_plot(run_dir, local, pareto["plot"])
+        run_dir.save_folder(local, run_dir.evaluate_dir())
+    return {"report": run_dir.report(), "methods": list(models),
             "rows": int(len(scored)), "files": {k: os.path.basename(v) for k, v in paths.items()},
             "headline": _headline(metrics)}
 
 
 def _notes(ctx: StageContext, unknown: int, rows: int) -> list:
     run_dir = ctx.run_dir
-    notes = list(run_dir.read_json("teachers", "summary.json").get("fallbacks", {}).values())
-    distill = run_dir.read_json("distill", "summary.json")
-    notes.append(f"pafo student weights from {distill['origin']}: {distill['settings']}")
+    notes = list(run_dir.teachers_summary().fallbacks.values())
+    distill = run_dir.distill_summary()
+    notes.append(f"pafo student weights from {distill.origin}: {distill.settings}")
     for method, found in tuned_baselines(ctx).items():
         if found.get("chosen"):
             notes.append(f"{method}: its own search ({found['trials']} trials, the same rule) "
@@ -114,21 +110,21 @@ def _notes(ctx: StageContext, unknown: int, rows: int) -> list:
         else:
             notes.append(f"{method}: its own search met no constraint ({found['message']}); "
                          "the default setting is reported")
-    prepare = run_dir.read_json("prepare", "summary.json")
-    groups = run_dir.read_json("groups", "summary.json")
-    moved = (f", {groups['users_moved']} users moved from their support group"
-             if "users_moved" in groups else "")
-    notes.append(f"groups: {groups['how']}{moved}; rows set aside in prepare: "
-                 f"{prepare['rows_set_aside']} {prepare['set_aside']}")
+    prepare = run_dir.prepare_summary()
+    groups = run_dir.groups_summary()
+    moved = (f", {groups.users_moved} users moved from their support group"
+             if groups.users_moved is not None else "")
+    notes.append(f"groups: {groups.how}{moved}; rows set aside in prepare: "
+                 f"{prepare.rows_set_aside} {prepare.set_aside}")
     if unknown:
         notes.append(f"{unknown} of {rows} test rows came from users unseen in training "
                      "(scored with the mean user embedding)")
     return notes
 
 
-def _copy_plot(run_dir, local: str) -> None:
-    data = run_dir.read_bytes("tune", "pareto_front.png")
-    with open(os.path.join(local, "pareto_front.png"), "wb") as fh:
+def _copy_plot(run_dir, local: str, plot: str) -> None:
+    data = run_dir.read_file(run_dir.tune_file(plot))
+    with open(os.path.join(local, plot), "wb") as fh:
         fh.write(data)
 
 

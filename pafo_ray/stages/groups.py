@@ -21,17 +21,16 @@ Outputs::
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pafo_ray.data.schema import SPLITS, group_names
+from pafo_ray.layout import PREPARE
 from pafo_ray.stages.base import StageContext
 
 NAME = "groups"
-DEPENDS = ["prepare", "embed", "regularize"]
 SECTIONS = ("groups",)
 # The grouping model: read from the model section (regularisation, rank) but always lowrank
 # with a population term, whatever head the run trains.
@@ -46,15 +45,6 @@ def hash_payload(cfg) -> str:
 
 def uses_mixture(cfg) -> bool:
     return cfg.groups.method == "mixture" and cfg.prepare.group_level == "user"
-
-
-def read_users(run_dir, stage: str = NAME) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    with run_dir.fs.open_input_file(run_dir.fs_path(stage, "users.parquet")) as fh:
-        users = pq.read_table(fh).to_pandas()
-    users["user_id"] = users["user_id"].astype(str)
-    return users
 
 
 def _regroup(batch: pa.Table, users_ref) -> pa.Table:
@@ -74,7 +64,8 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
     from pafo_ray.grouping import mixture_groups
     from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.inmemory import read_frame, train_vanilla
+    from pafo_ray.train.frames import read_frame
+    from pafo_ray.train.inmemory import train_vanilla
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     names = group_names(cfg.prepare.num_groups)
@@ -82,8 +73,8 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
                                     dropout=0.0)
     model, metrics = train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
                                    user_shrinkage=cfg.model.user_shrinkage, model_cfg=model_cfg)
-    cache = read_cache(run_dir.uri("embed", "cache"))
-    rows = read_frame(run_dir.uri("prepare", "data", "split=train"),
+    cache = read_cache(run_dir.embed_cache())
+    rows = read_frame(run_dir.prepared_rows("train"),
                       columns=["user_id", "chosen_text_id", "rejected_text_id"])
     user_pos = {u: i for i, u in enumerate(users["user_id"])}
     user_index = torch.from_numpy(
@@ -111,7 +102,7 @@ def run(ctx: StageContext) -> dict:
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     names = group_names(cfg.prepare.num_groups)
-    users = read_users(run_dir, "prepare").rename(columns={"group": "support_group"})
+    users = run_dir.users(PREPARE).rename(columns={"group": "support_group"})
     details: dict = {}
     if uses_mixture(cfg):
         users, details = mixture(ctx, users)
@@ -120,18 +111,14 @@ def run(ctx: StageContext) -> dict:
         users = users.assign(group=users["support_group"], mixture_score=np.nan)
         how = ("row-level support groups, kept" if cfg.prepare.group_level == "row"
                else "user support (prepare's groups)")
-    sink = io.BytesIO()
-    users.to_parquet(sink, index=False)
-    run_dir.write_bytes(sink.getvalue(), NAME, "users.parquet")
+    run_dir.write_users(NAME, users)
 
-    uris = [run_dir.uri("prepare", "data", f"split={s}") for s in SPLITS
-            if run_dir.exists("prepare", "data", f"split={s}")]
-    ds = ray.data.read_parquet(uris)
+    ds = ray.data.read_parquet(run_dir.prepared_splits(SPLITS))
     if cfg.prepare.group_level == "user":
         ref = ray.put(users.set_index("user_id")["group"])
         ds = ds.map_batches(_regroup, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"users_ref": ref})
-    ds.write_parquet(run_dir.uri(NAME, "data"), partition_cols=["split", "group"])
+    ds.write_parquet(run_dir.grouped_data(), partition_cols=["split", "group"])
     return {"how": how, "group_level": cfg.prepare.group_level, "group_names": names,
             "groups": _row_counts(ctx, users, names), **_user_counts(users, names), **details,
             "user_types": _user_types(run_dir, users, names)}
@@ -140,7 +127,7 @@ def run(ctx: StageContext) -> dict:
 def _row_counts(ctx: StageContext, users: pd.DataFrame, names: list) -> dict:
     """Rows per split and group: from the users' per-split counts (user level), else prepare's."""
     if ctx.cfg.prepare.group_level != "user":
-        return ctx.run_dir.read_json("prepare", "summary.json")["groups"]
+        return ctx.run_dir.prepare_summary().rows_by_group
     out: dict = {}
     for split in SPLITS:
         counts = users.groupby("group")[f"rows_{split}"].sum()
@@ -161,11 +148,11 @@ def _user_counts(users: pd.DataFrame, names: list) -> dict:
 
 def _user_types(run_dir, users: pd.DataFrame, names: list) -> dict:
     """Share of minority-type users per group when the data carries user_type (simulators)."""
-    from pafo_ray.train.inmemory import read_frame
+    from pafo_ray.train.frames import read_frame
 
     if users["group"].isna().all():
         return {}
-    rows = read_frame(run_dir.uri("prepare", "data", "split=train"), columns=["user_id", "user_type"])
+    rows = read_frame(run_dir.prepared_rows("train"), columns=["user_id", "user_type"])
     if "user_type" not in rows or rows["user_type"].isna().all():
         return {}
     types = rows.assign(user_id=rows["user_id"].astype(str)).groupby("user_id")["user_type"].first()

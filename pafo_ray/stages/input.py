@@ -11,10 +11,8 @@ import os
 import tempfile
 
 from pafo_ray.stages.base import StageContext
-from pafo_ray.storage import upload_dir
 
 NAME = "input"
-DEPENDS: list = []
 SECTIONS = ("data",)
 
 
@@ -25,11 +23,12 @@ def run(ctx: StageContext) -> dict:
             raise ValueError(f"data.source={data.source} needs data.path")
         return {"source": data.source, "path": data.path, "generated": False}
     with tempfile.TemporaryDirectory() as tmp:
-        local = ctx.run_dir.local_dir(NAME, "rows") or os.path.join(tmp, "rows")
+        target = ctx.run_dir.input_rows()
+        local = ctx.run_dir.local_path(target) or os.path.join(tmp, "rows")
         os.makedirs(local, exist_ok=True)
         rows = _write_rows(ctx, local)
-        upload_dir(local, ctx.run_dir, NAME, "rows")
-    return {"source": "parquet", "path": ctx.run_dir.uri(NAME, "rows"), "generated": True,
+        ctx.run_dir.save_folder(local, target)
+    return {"source": "parquet", "path": target, "generated": True,
             "generator": data.source, "rows": rows}
 
 

@@ -20,7 +20,6 @@ from pafo_ray.stages.base import StageContext
 from pafo_ray.train import jobs as J
 
 NAME = "margins"
-DEPENDS = ["teachers"]
 SECTIONS = ("margins",)
 
 
@@ -46,9 +45,8 @@ def _extra(batch: pd.DataFrame, users_ref, per_row: float, seed: int) -> pd.Data
 def user_groups(run_dir, cfg) -> pd.Series:
     """Each user's group: the groups stage's when grouping by user, else by support quantile."""
     from pafo_ray.data import support as support_lib
-    from pafo_ray.stages.groups import read_users
 
-    users = read_users(run_dir)
+    users = run_dir.users()
     names = J.names(cfg)
     if cfg.prepare.group_level != "user":
         cuts = support_lib.user_cut_points(users["user_support"].to_numpy(), cfg.prepare.user_quantile)
@@ -67,15 +65,15 @@ def run(ctx: StageContext) -> dict:
     from pafo_ray.stages.teachers import teacher_names
 
     names = teacher_names(cfg)
-    teachers = run_dir.read_json("teachers", "summary.json")
+    teachers = run_dir.teachers_summary()
     stats = {}
     for g in names:
-        if not run_dir.exists("teachers", g, "config.json"):
+        if not run_dir.has_teacher(g):
             raise RuntimeError(f"teacher '{g}' has no complete checkpoint at "
-                               f"{run_dir.uri('teachers', g)}: rerun `pafo-ray teachers --force`")
-        stats[g] = _margin_stats(run_dir, g)
+                               f"{run_dir.teacher_model(g)}: rerun `pafo-ray teachers --force`")
+        stats[g] = run_dir.teacher_margin_stats(g)
     columns = score_columns(cfg) + ["support_rate", "user_type"]
-    ds = ray.data.read_parquet(J.rows_uris(run_dir, "train") + J.rows_uris(run_dir, "val")
+    ds = ray.data.read_parquet(run_dir.grouped_rows("train") + run_dir.grouped_rows("val")
                                ).select_columns(columns)
     groups = user_groups(run_dir, cfg)
     users_ref = ray.put(groups)
@@ -83,15 +81,15 @@ def run(ctx: StageContext) -> dict:
     ds = ds.map_batches(_labelled, batch_format="pandas")
     m = cfg.margins
     per_row = copies_per_row(m.extra_pairs_per_user, len(groups),
-                             sum(J.train_row_counts(run_dir).values()))
+                             sum(run_dir.groups_summary().row_counts("train").values()))
     if per_row > 0:
-        extra = ray.data.read_parquet(J.rows_uris(run_dir, "train")).select_columns(columns)
+        extra = ray.data.read_parquet(run_dir.grouped_rows("train")).select_columns(columns)
         ds = ds.union(extra.map_batches(_extra, batch_format="pandas", fn_kwargs={
             "users_ref": users_ref, "per_row": per_row, "seed": cfg.run.seed}))
-    ds = score_dataset(ds, {f"margin_{g}": run_dir.uri("teachers", g) for g in names},
+    ds = score_dataset(ds, {f"margin_{g}": run_dir.teacher_model(g) for g in names},
                        cfg.to_dict(), batch_size=m.batch_size, num_actors=m.num_actors,
                        num_gpus=m.num_gpus_per_actor)
-    out = run_dir.uri(NAME, "rows")
+    out = run_dir.margin_data()
     ds.write_parquet(out, partition_cols=["split"])
     check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names] + ["split"])
     counts = check.map_batches(_finite_counts, batch_format="pandas", batch_size=None).to_pandas()
@@ -99,11 +97,11 @@ def run(ctx: StageContext) -> dict:
     if bad:
         raise RuntimeError(f"{bad} rows got NaN/inf teacher margins; the student will not train "
                            "on them. Check the teachers (rerun `pafo-ray teachers --force`).")
-    run_dir.write_json(stats, NAME, "teacher_stats.json")
+    run_dir.write_teacher_stats(stats)
     return {"rows": int(counts["rows"].sum()), "extra_rows": int(counts["extra"].sum()),
             "extra_per_user": round(int(counts["extra"].sum()) / max(1, len(groups)), 2),
             "teacher_stats": stats,
-            "fallbacks": teachers.get("fallbacks", {})}
+            "fallbacks": teachers.fallbacks}
 
 
 def _finite_counts(batch: pd.DataFrame) -> pd.DataFrame:
@@ -111,14 +109,6 @@ def _finite_counts(batch: pd.DataFrame) -> pd.DataFrame:
     extra = int((batch["split"] == "extra").sum())
     return pd.DataFrame({"rows": [len(batch) - extra], "extra": [extra],
                          "non_finite": [int((~np.isfinite(values)).any(axis=1).sum())]})
-
-
-def _margin_stats(run_dir, group: str) -> dict:
-    path = ("teachers", group, "margin_stats.json")
-    if not run_dir.exists(*path):
-        raise RuntimeError(f"teacher '{group}' lacks {'/'.join(path)}: rerun `pafo-ray teachers --force`")
-    stats = run_dir.read_json(*path)
-    return {"mean": float(stats["val_margin_mean"]), "std": float(stats["val_margin_std"])}
 
 
 def describe(summary: dict) -> str:

@@ -39,7 +39,6 @@ from pafo_ray.data.sources import DataValidationError
 from pafo_ray.stages.base import StageContext
 
 NAME = "prepare"
-DEPENDS = ["input"]
 SECTIONS = ("data", "prepare")
 
 
@@ -232,8 +231,8 @@ def run(ctx: StageContext) -> dict:
     prep = cfg.prepare
     _check(prep)
     names = group_names(prep.num_groups)
-    source = run_dir.read_json("input", "summary.json")
-    chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
+    source = run_dir.input_source()
+    chunks = plan_chunks(source.source, source.path, cfg.data.hf_split)
     partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
     validate = dict(strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
@@ -257,14 +256,14 @@ def run(ctx: StageContext) -> dict:
             label["users_ref"] = ray.put(groups)
         rows = _map(chunks_ds, _read_label, len(chunks), batch_size=1,
                     fn_kwargs=dict(votes=vote_refs, validate=validate, label=label))
-        users, blocks = _collect(_write(rows, run_dir.uri(NAME, "data"), len(chunks),
-                                        ["split", "group"]), source["path"])
+        users, blocks = _collect(_write(rows, run_dir.prepared_rows(), len(chunks),
+                                        ["split", "group"]), source.path)
         del vote_refs
     except Exception as exc:  # surface our own validation errors without Ray's wrapping
         raise _unwrap(exc) from None
     users["group"] = groups["group"].reindex(users.index) if user_level else None
     users_out = users.reset_index()
-    run_dir.write_bytes(_parquet_bytes(users_out), NAME, "users.parquet")
+    run_dir.write_users(NAME, users_out)
     summary = _summarise(blocks, users, prep, names)
     summary["partitions"] = partitions
     summary["input_files"] = len({c["path"] for c in chunks})
@@ -348,14 +347,6 @@ def _check(prep) -> None:
     if len(cuts) != prep.num_groups - 1 or list(cuts) != sorted(cuts):
         raise ValueError(f"{name} must hold num_groups-1 = {prep.num_groups - 1} ascending "
                          f"values, got {cuts}")
-
-
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    return sink.getvalue().to_pybytes()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -13,7 +13,6 @@ import itertools
 from pafo_ray.stages.base import StageContext
 
 NAME = "regularize"
-DEPENDS = ["prepare", "embed"]
 SECTIONS = ("model", "train")
 
 

@@ -16,20 +16,19 @@ import shutil
 import tempfile
 
 from pafo_ray.stages.base import StageContext, stage_hash
-from pafo_ray.storage import download_dir, upload_dir
 from pafo_ray.train import jobs as J
 from pafo_ray.train.ray_train import TrainJob, run_jobs
 from pafo_ray.train.targets import FINETUNED
 
 NAME = "teachers"
-DEPENDS = ["groups", "embed", "regularize"]
 SECTIONS = ("model", "train", "teachers")
 
 
 def run(ctx: StageContext) -> dict:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     names = J.names(cfg)
-    counts = J.train_row_counts(run_dir)
+    rows = run_dir.groups_summary()
+    counts = rows.row_counts("train")
     small = [g for g in names if counts.get(g, 0) < cfg.teachers.min_rows]
     if small and cfg.teachers.small_group_policy == "error":
         raise ValueError(
@@ -37,22 +36,22 @@ def run(ctx: StageContext) -> dict:
             f"teachers.min_rows={cfg.teachers.min_rows}; lower it, change prepare.user_quantile/"
             "tau, or set teachers.small_group_policy=vanilla")
     digest = stage_hash(ctx, NAME)
-    vanilla = TrainJob("vanilla", J.objective_for("vanilla", cfg), J.rows_uris(run_dir, "train"),
-                       J.rows_uris(run_dir, "val"), [NAME, "vanilla"])
-    teachers = [TrainJob(g, J.objective_for("teacher", cfg), J.rows_uris(run_dir, "train", [g]),
-                         _val_uris(run_dir, g, counts), [NAME, g])
+    vanilla = TrainJob("vanilla", J.objective_for("vanilla", cfg), run_dir.grouped_rows("train"),
+                       run_dir.grouped_rows("val"), run_dir.teacher_model("vanilla"))
+    teachers = [TrainJob(g, J.objective_for("teacher", cfg), run_dir.grouped_rows("train", [g]),
+                         _val_uris(run_dir, g, rows.row_counts("val")), run_dir.teacher_model(g))
                 for g in names if g not in small]
     results = {}
     init = cfg.teachers.init
     if init == "scratch":
-        results.update(run_jobs(ctx, NAME, [vanilla] + teachers, digest))
+        results.update(run_jobs(cfg, run_dir, NAME, [vanilla] + teachers, digest))
     else:
         # The scratch teachers (init=both) do not need vanilla: they fit beside it.
-        results.update(run_jobs(ctx, NAME, [vanilla] + (teachers if init == "both" else []),
-                                digest))
-        tuned = [_finetuned(job, results["vanilla"]["model"], cfg, suffix=FINETUNED if
+        results.update(run_jobs(cfg, run_dir, NAME,
+                                [vanilla] + (teachers if init == "both" else []), digest))
+        tuned = [_finetuned(run_dir, job, results["vanilla"]["model"], cfg, suffix=FINETUNED if
                             init == "both" else "") for job in teachers]
-        results.update(run_jobs(ctx, NAME, tuned, digest))
+        results.update(run_jobs(cfg, run_dir, NAME, tuned, digest))
     fallbacks = {}
     suffixes = ["", FINETUNED] if init == "both" else [""]
     for g in small:
@@ -64,18 +63,19 @@ def run(ctx: StageContext) -> dict:
             "init": cfg.teachers.init, "overlap_seconds": _overlap(results, names)}
 
 
-def _finetuned(job: TrainJob, vanilla_model: str, cfg, suffix: str) -> TrainJob:
+def _finetuned(run_dir, job: TrainJob, vanilla_model: str, cfg, suffix: str) -> TrainJob:
     """A group's teacher started from the vanilla model (``<group><suffix>``)."""
-    return dataclasses.replace(job, name=job.name + suffix, output=[NAME, job.name + suffix],
+    return dataclasses.replace(job, name=job.name + suffix,
+                               output=run_dir.teacher_model(job.name + suffix),
                                init_from=vanilla_model, epochs=cfg.teachers.finetune_epochs)
 
 
 def _copy_vanilla(run_dir, name: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        local = download_dir(run_dir, tmp, NAME, "vanilla")
+        local = run_dir.fetch_folder(run_dir.teacher_model("vanilla"), tmp)
         copy = tempfile.mkdtemp()
         shutil.copytree(local, copy, dirs_exist_ok=True)
-        upload_dir(copy, run_dir, NAME, name)
+        run_dir.save_folder(copy, run_dir.teacher_model(name))
         shutil.rmtree(copy, ignore_errors=True)
 
 
@@ -85,11 +85,10 @@ def teacher_names(cfg) -> list:
     return names + ([g + FINETUNED for g in names] if cfg.teachers.init == "both" else [])
 
 
-def _val_uris(run_dir, group: str, counts: dict) -> list:
-    summary = run_dir.read_json("groups", "summary.json")
-    if summary["groups"].get("val", {}).get(group, 0) > 0:
-        return J.rows_uris(run_dir, "val", [group])
-    return J.rows_uris(run_dir, "val")  # no validation rows of this group: validate on all
+def _val_uris(run_dir, group: str, val_counts: dict) -> list:
+    if val_counts.get(group, 0) > 0:
+        return run_dir.grouped_rows("val", [group])
+    return run_dir.grouped_rows("val")  # no validation rows of this group: validate on all
 
 
 def _overlap(results: dict, names: list) -> float:

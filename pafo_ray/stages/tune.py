@@ -29,8 +29,8 @@ import tempfile
 from pafo_ray.stages.base import StageContext, is_active, stage_hash
 
 NAME = "tune"
-DEPENDS = ["margins", "baselines"]
 SECTIONS = ("model", "train", "distill", "tune")
+
 
 def hash_payload(cfg) -> str:
     """The config sections plus the search space the trials sample (the file's entries, not
@@ -58,11 +58,11 @@ def validation_points(ctx: StageContext) -> dict:
     from tuning.pareto import OBJECTIVES
 
     majority, minority = OBJECTIVES
-    jobs = dict(ctx.run_dir.read_json("teachers", "summary.json")["jobs"])
+    jobs = ctx.run_dir.teachers_summary().jobs
     points = {"vanilla": jobs["vanilla"]["metrics"]}
-    if is_active(ctx.cfg, "baselines") and ctx.run_dir.exists("baselines", "summary.json"):
-        for method, info in ctx.run_dir.read_json("baselines", "summary.json")["jobs"].items():
-            points[method] = info["metrics"]
+    baselines = ctx.run_dir.baselines_jobs() if is_active(ctx.cfg, "baselines") else None
+    for method, info in (baselines or {}).items():
+        points[method] = info["metrics"]
     return {name: (_number(m.get(majority)), _number(m.get(minority)))
             for name, m in points.items()}
 
@@ -98,9 +98,9 @@ def _write_table(ctx: StageContext, frame, filename: str) -> None:
     if filename.endswith(".parquet"):
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
-        ctx.run_dir.write_bytes(buffer.getvalue(), NAME, filename)
+        ctx.run_dir.write_file(ctx.run_dir.tune_file(filename), buffer.getvalue())
     else:
-        ctx.run_dir.write_bytes(frame.to_csv(index=False).encode(), NAME, filename)
+        ctx.run_dir.write_file(ctx.run_dir.tune_file(filename), frame.to_csv(index=False).encode())
 
 
 def _plot(ctx: StageContext, trials, front, chosen, points: dict, threshold: float) -> str:
@@ -111,7 +111,7 @@ def _plot(ctx: StageContext, trials, front, chosen, points: dict, threshold: flo
         local = plot_front(trials, front, chosen, finite, os.path.join(tmp, "pareto_front.png"),
                            threshold=threshold)
         with open(local, "rb") as fh:
-            ctx.run_dir.write_bytes(fh.read(), NAME, "pareto_front.png")
+            ctx.run_dir.write_file(ctx.run_dir.tune_file("pareto_front.png"), fh.read())
     return "pareto_front.png"
 
 
@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> dict:
         raise RuntimeError("teachers/summary.json has no finite vanilla val_majority_accuracy: "
                            "rerun `pafo-ray teachers --force`")
     data = load_student_data(cfg)
-    outcome = run_search(cfg, data, storage_path=ctx.run_dir.uri("_ray", "tune"),
+    outcome = run_search(cfg, data, storage_path=ctx.run_dir.ray_storage(NAME),
                          name=f"search-{stage_hash(ctx, NAME)}")
     trials = outcome.trials
     selection = select(trials, baseline_majority=baseline_majority, epsilon=cfg.tune.epsilon)
@@ -175,7 +175,6 @@ def run(ctx: StageContext) -> dict:
 def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
     """Each baseline's own search (same budget, sampler, seed and rule as the student's); the
     chosen setting trained in-process and saved as ``tune/baselines/<method>``."""
-    from pafo_ray.storage import upload_dir
     from pafo_ray.train.inmemory import train_student
     from tuning.pareto import select
     from tuning.search import run_search
@@ -187,7 +186,7 @@ def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
     for method in cfg.baselines.methods:
         if method not in spaces:
             continue
-        outcome = run_search(cfg, data, storage_path=ctx.run_dir.uri("_ray", "tune"),
+        outcome = run_search(cfg, data, storage_path=ctx.run_dir.ray_storage(NAME),
                              name=f"search-{stage_hash(ctx, NAME)}-{method}", method=method,
                              param_space=domains(spaces[method]))
         selection = select(outcome.trials, baseline_majority=baseline_majority,
@@ -201,10 +200,10 @@ def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
         if selection.chosen:
             model, metrics = train_student(data, apply_params(cfg, found["chosen"]["params"]),
                                            method=method)
+            found["model"] = ctx.run_dir.tuned_baseline_model(method)
             with tempfile.TemporaryDirectory() as tmp:
                 model.save_pretrained(tmp)
-                upload_dir(tmp, ctx.run_dir, NAME, "baselines", method)
-            found["model"] = ctx.run_dir.uri(NAME, "baselines", method)
+                ctx.run_dir.save_folder(tmp, found["model"])
             found["val_metrics"] = {k: _clean(v) for k, v in metrics.items()}
         out[method] = found
     return out

@@ -13,7 +13,8 @@ from typing import Optional
 import pandas as pd
 
 from pafo_ray.config import PipelineConfig
-from pafo_ray.storage import RunDir
+from pafo_ray.layout import RunLayout
+from pafo_ray.train.frames import read_frame
 
 
 @dataclass
@@ -25,30 +26,6 @@ class StudentData:
     users: list                  # sorted user ids (the embedding table's order)
     teacher_stats: dict          # {group: {"mean", "std"}}
     cache: Optional[object] = None  # arrays.Cache in frozen mode
-
-
-def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
-    """Parquet rows under ``uri`` as one frame; ``columns`` limits what is read (names the
-    files lack are skipped).
-
-    Files written by different Ray Data tasks can disagree on a column's type (an all-null
-    block written as ``null``, ``string`` next to ``large_string``): the files' schemas are
-    unified first, promoting such columns, instead of trusting the first file's."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-
-    from pafo_ray.storage import split_uri
-
-    fs, path = split_uri(uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
-    schemas = [dataset.schema] + [f.physical_schema for f in dataset.get_fragments()]
-    unified = pa.unify_schemas(schemas, promote_options="permissive")
-    if not unified.equals(dataset.schema):
-        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
-                               schema=unified)
-    if columns is not None:
-        columns = [c for c in columns if c in dataset.schema.names]
-    return dataset.to_table(columns=columns).to_pandas()
 
 
 # What a frozen-mode student reads of the rows: ids, weights, groups and every teacher margin,
@@ -71,19 +48,18 @@ def _student_frame(uri: str) -> pd.DataFrame:
 
 def load_student_data(cfg: PipelineConfig) -> StudentData:
     from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.ray_train import load_users
 
-    run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
+    layout = RunLayout.of(cfg)
     if cfg.model.mode != "frozen":
         raise ValueError("in-process students need model.mode=frozen (finetune trains in Ray Train)")
-    train = _student_frame(run_dir.uri("margins", "rows", "split=train"))
-    if run_dir.exists("margins", "rows", "split=extra"):  # the trials choose how many to use
-        extra = _student_frame(run_dir.uri("margins", "rows", "split=extra"))
+    train = _student_frame(layout.margin_rows("train"))
+    if layout.has_margin_rows("extra"):  # the trials choose how many to use
+        extra = _student_frame(layout.margin_rows("extra"))
         train = pd.concat([train, extra], ignore_index=True)
-    val = read_frame(run_dir.uri("groups", "data", "split=val"), _STUDENT_COLUMNS)
-    return StudentData(train=train, val=val, users=load_users(run_dir),
-                       teacher_stats=run_dir.read_json("margins", "teacher_stats.json"),
-                       cache=read_cache(run_dir.uri("embed", "cache")))
+    val = read_frame(layout.grouped_rows("val")[0], _STUDENT_COLUMNS)
+    return StudentData(train=train, val=val, users=layout.user_ids(),
+                       teacher_stats=layout.teacher_stats(),
+                       cache=read_cache(layout.embed_cache()))
 
 
 def trial_device(gpus: float) -> Optional[str]:
@@ -103,16 +79,12 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     ``"cuda"``) trains there: the rows stay on the CPU and each batch moves; the model comes
     back on the CPU.
     """
-    import torch
-
-    from pafo_ray.models import RewardModel
     from pafo_ray.train import jobs as J
-    from pafo_ray.train.arrays import build_rows, user_map
+    from pafo_ray.train.build import build_model_and_rows
     from pafo_ray.train.loop import Objective, PairScorer, fit
     from pafo_ray.train.targets import distill_targets, target_settings
 
     seed = cfg.run.seed if seed is None else seed
-    torch.manual_seed(seed)
     names = J.names(cfg)
     if method == "pafo":
         targets = target_settings(cfg.distill, cfg.teachers.init, data.teacher_stats,
@@ -122,10 +94,8 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
         frame = data.train
         if "labelled" in frame:
             frame = frame[frame["labelled"].fillna(True).astype(bool)]
-    model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
-    umap = user_map(model.user_ids)
-    train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache)
-    val_rows = build_rows(data.val, users=umap, group_names=names, cache=data.cache)
+    model, train_rows, val_rows = build_model_and_rows(
+        cfg.model, data.users, data.cache, frame, data.val, group_names=names, seed=seed)
     scorer = PairScorer(model)
     if device is not None:
         scorer.to(device)
@@ -145,27 +115,19 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
     """
     import dataclasses
 
-    import torch
-
-    from pafo_ray.models import RewardModel
     from pafo_ray.train import jobs as J
-    from pafo_ray.train.arrays import build_rows, read_cache, user_map
+    from pafo_ray.train.arrays import read_cache
+    from pafo_ray.train.build import build_model_and_rows
     from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.ray_train import load_users
 
-    run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
-    cache = read_cache(run_dir.uri("embed", "cache"))
+    layout = RunLayout.of(cfg)
+    cache = read_cache(layout.embed_cache())
     names = J.names(cfg)
-    torch.manual_seed(cfg.run.seed)
     model_cfg = dataclasses.replace(model_cfg or cfg.model, mode="frozen",
                                     user_shrinkage=user_shrinkage)
-    model = RewardModel.from_config(model_cfg, load_users(run_dir),
-                                    input_dim=int(cache.vectors.shape[1]))
-    umap = user_map(model.user_ids)
-    train = build_rows(read_frame(run_dir.uri("prepare", "data", "split=train")), users=umap,
-                       group_names=names, cache=cache)
-    val = build_rows(read_frame(run_dir.uri("prepare", "data", "split=val")), users=umap,
-                     group_names=names, cache=cache)
+    model, train, val = build_model_and_rows(
+        model_cfg, layout.user_ids(), cache, read_frame(layout.prepared_rows("train")),
+        read_frame(layout.prepared_rows("val")), group_names=names, seed=cfg.run.seed)
     objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})
     metrics = fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
                   batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,

@@ -1,10 +1,10 @@
-"""What each method trains on and with which objective: one place for all stages."""
+"""Each method's objective, and the group names: one place for all stages (the rows they
+train on: :meth:`pafo_ray.layout.RunLayout.grouped_rows`)."""
 
 from __future__ import annotations
 
 from pafo_ray.config import PipelineConfig
 from pafo_ray.data.schema import group_names
-from pafo_ray.storage import RunDir
 
 BASELINE_KINDS = {"reweight", "groupdro", "fairness_penalty"}
 
@@ -27,19 +27,6 @@ def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
                 "distill_loss": d.loss, "lam": d.lam, "temperature": d.temperature,
                 "clip": d.clip}
     raise ValueError(f"unknown method {method!r}; known: vanilla, pafo, {sorted(BASELINE_KINDS)}")
-
-
-def rows_uris(run_dir: RunDir, split: str, groups: list | None = None) -> list:
-    """Parquet folders of the grouped rows of a split (optionally only some groups): the
-    ``groups`` stage's output, which every model stage reads."""
-    if groups is None:
-        return [run_dir.uri("groups", "data", f"split={split}")]
-    return [run_dir.uri("groups", "data", f"split={split}", f"group={g}") for g in groups]
-
-
-def train_row_counts(run_dir: RunDir) -> dict:
-    summary = run_dir.read_json("groups", "summary.json")
-    return {g: int(n) for g, n in summary["groups"].get("train", {}).items()}
 
 
 def names(cfg: PipelineConfig) -> list:

@@ -27,10 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import pandas as pd
-
-from pafo_ray.stages.base import StageContext
-from pafo_ray.storage import RunDir, download_dir, split_uri, upload_dir
+from pafo_ray.layout import RunLayout
+from pafo_ray.storage import split_uri
 
 FAIL_ENV = "PAFO_RAY_FAIL_AT_EPOCH"
 # Ray Train's local mode (num_workers=0) keeps the running fit in a module global: two fits
@@ -44,41 +42,12 @@ class TrainJob:
     objective: dict
     train: list                      # parquet URIs of training rows
     val: list                        # parquet URIs of validation rows
-    output: list                     # path parts under the run for the final model
+    output: str                      # the final model's folder (a RunLayout path)
     init_from: Optional[str] = None  # a saved model folder to start from
     epochs: Optional[int] = None
     targets: Optional[dict] = None   # distillation target settings (pafo)
     config: Optional[dict] = None    # this job's pipeline config (None: the stage's)
     info: dict = field(default_factory=dict)
-
-
-def load_users(run_dir: RunDir) -> list:
-    import pyarrow.parquet as pq
-
-    with run_dir.fs.open_input_file(run_dir.fs_path("prepare", "users.parquet")) as fh:
-        users = pq.read_table(fh, columns=["user_id"]).column("user_id").to_pylist()
-    return sorted(str(u) for u in users)
-
-
-def build_model(cfg, users: list, cache, init_from: Optional[str]):
-    from pafo_ray.models import RewardModel
-
-    if init_from:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = _local_model(init_from, tmp)
-            return RewardModel.from_pretrained(local)
-    dim = int(cache.vectors.shape[1]) if cache is not None else None
-    return RewardModel.from_config(cfg.model, users, input_dim=dim)
-
-
-def _local_model(uri: str, tmp: str) -> str:
-    if "://" not in uri:
-        return uri
-    from pyarrow import fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return tmp
 
 
 def train_func(config: dict) -> None:
@@ -89,17 +58,18 @@ def train_func(config: dict) -> None:
 
     from pafo_ray.config import config_from_dict
     from pafo_ray.data.schema import group_names
-    from pafo_ray.train.arrays import build_rows, frame_from_shard, read_cache, user_map
+    from pafo_ray.train.arrays import frame_from_shard, read_cache
+    from pafo_ray.train.build import build_model_and_rows
+    from pafo_ray.train.frames import read_rows
     from pafo_ray.train.loop import Objective, PairScorer, fit
     from pafo_ray.train.targets import distill_targets
 
     worker_started_at = time.time()
     cfg = config_from_dict(config["pipeline"])
     job = config["job"]
-    run_dir = RunDir(cfg.run.storage_path, cfg.run.run_name)
+    layout = RunLayout.of(cfg)
     names = group_names(cfg.prepare.num_groups)
-    users = load_users(run_dir)
-    cache = read_cache(run_dir.uri("embed", "cache")) if cfg.model.mode == "frozen" else None
+    cache = read_cache(layout.embed_cache()) if cfg.model.mode == "frozen" else None
     if job.get("uris"):  # local mode: this process reads the parquet itself
         train_frame, val_frame = (read_rows(job["uris"][k]) for k in ("train", "val"))
     else:
@@ -107,13 +77,9 @@ def train_func(config: dict) -> None:
         val_frame = frame_from_shard(ray.train.get_dataset_shard("val"))
     if job.get("targets") is not None:
         train_frame = distill_targets(train_frame, job["targets"], names)
-    torch.manual_seed(cfg.run.seed)  # the same init on every worker and every rerun
-    model = build_model(cfg, users, cache, job.get("init_from"))
-    umap = user_map(model.user_ids)
-    train_rows = build_rows(train_frame, users=umap, group_names=names, cache=cache,
-                            encoder=model.encoder)
-    val_rows = build_rows(val_frame, users=umap, group_names=names, cache=cache,
-                          encoder=model.encoder)
+    model, train_rows, val_rows = build_model_and_rows(
+        cfg.model, layout.user_ids(), cache, train_frame, val_frame, group_names=names,
+        seed=cfg.run.seed, init_from=job.get("init_from"))
     scorer = ray.train.torch.prepare_model(PairScorer(model))
     device = ray.train.torch.get_device()
     objective = Objective(**job["objective"])
@@ -166,26 +132,6 @@ def train_func(config: dict) -> None:
         optimizer_state=optimizer_state, on_epoch=on_epoch)
 
 
-def read_rows(uris: list) -> pd.DataFrame:
-    """Prepared (or margin) rows under ``uris`` as one frame in ``row_id`` order, with the
-    hive partition values of each URI's own path (``.../split=train/group=minority``) as
-    columns, as Ray Data's ``read_parquet`` gives them."""
-    from pafo_ray.train.inmemory import read_frame
-
-    parts = []
-    for uri in uris:
-        frame = read_frame(uri)
-        for part in uri.rstrip("/").split("?")[0].split("/"):
-            key, eq, value = part.partition("=")
-            if eq and key not in frame:
-                frame[key] = value
-        parts.append(frame)
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if "row_id" in frame:
-        frame = frame.sort_values("row_id", kind="stable", ignore_index=True)
-    return frame
-
-
 def _checkpoint_dir(root: Optional[str]):
     """Where a checkpoint is written before ``report``. A real worker uploads it during
     ``report``, so a temporary folder will do; local mode keeps only the path, so the
@@ -210,31 +156,30 @@ def _maybe_fail(fail_once: Optional[dict], epoch: int) -> None:
     raise RuntimeError(f"{FAIL_ENV}: injected worker failure after the checkpoint of epoch {epoch}")
 
 
-def _fail_once(ctx: StageContext, stage: str, job: TrainJob, run_hash: str) -> Optional[dict]:
+def _fail_once(layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -> Optional[dict]:
     value = os.environ.get(FAIL_ENV, "").strip()
     if not value:
         return None
     name, _, epoch = value.rpartition(":")
     if name and name != job.name:
         return None
-    return {"epoch": int(epoch),
-            "marker": ctx.run_dir.uri("_ray", stage, f"{job.name}-{run_hash}.failed_once")}
+    return {"epoch": int(epoch), "marker": layout.fail_marker(stage, job.name, run_hash)}
 
 
-def _fit_one(ctx: StageContext, stage: str, job: TrainJob, run_hash: str) -> dict:
-    if ctx.cfg.train.num_workers > 0:
-        return _fit_ray(ctx, stage, job, run_hash)
+def _fit_one(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -> dict:
+    if cfg.train.num_workers > 0:
+        return _fit_ray(cfg, layout, stage, job, run_hash)
     with _LOCAL_MODE_LOCK, tempfile.TemporaryDirectory() as root:
-        return _fit_ray(ctx, stage, job, run_hash, checkpoint_root=root)
+        return _fit_ray(cfg, layout, stage, job, run_hash, checkpoint_root=root)
 
 
-def _fit_ray(ctx: StageContext, stage: str, job: TrainJob, run_hash: str,
+def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
              checkpoint_root: Optional[str] = None) -> dict:
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    tc = ctx.cfg.train
+    tc = cfg.train
     started = time.time()
     local = checkpoint_root is not None
     # Real workers get Ray Data shards. Local mode (num_workers=0: tests, in-process benchmark
@@ -246,15 +191,15 @@ def _fit_ray(ctx: StageContext, stage: str, job: TrainJob, run_hash: str,
                             resources_per_worker={"CPU": tc.cpus_per_worker}
                             if tc.num_workers else None)
     run_config = RunConfig(
-        name=f"{job.name}-{run_hash}", storage_path=ctx.run_dir.uri("_ray", stage),
+        name=f"{job.name}-{run_hash}", storage_path=layout.ray_storage(stage),
         failure_config=FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2))
     payload = {k: v for k, v in asdict(job).items()
                if k not in ("train", "val", "output", "info", "config")}
     payload["checkpoint_root"] = checkpoint_root
     payload["uris"] = {"train": job.train, "val": job.val} if local else None
-    payload["fail_once"] = _fail_once(ctx, stage, job, run_hash)
-    trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or ctx.cfg.to_dict(),
+    payload["fail_once"] = _fail_once(layout, stage, job, run_hash)
+    trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or cfg.to_dict(),
                                                           "job": payload},
                            scaling_config=scaling, run_config=run_config, datasets=datasets,
                            dataset_config=None if local else DataConfig(datasets_to_split=["train"]))
@@ -264,21 +209,19 @@ def _fit_ray(ctx: StageContext, stage: str, job: TrainJob, run_hash: str,
                            f"({result.error})")
     with tempfile.TemporaryDirectory() as tmp:
         result.checkpoint.to_directory(tmp)
-        upload_dir(os.path.join(tmp, "model"), ctx.run_dir, *job.output)
+        layout.save_folder(os.path.join(tmp, "model"), job.output)
     return {"name": job.name, "started": started, "finished": time.time(),
             "metrics": {k: v for k, v in (result.metrics or {}).items()
                         if isinstance(v, (int, float, str))},
-            "model": ctx.run_dir.uri(*job.output)}
+            "model": job.output}
 
 
-def run_jobs(ctx: StageContext, stage: str, jobs: list, run_hash: str) -> dict:
-    """Fit every job concurrently (one thread per TorchTrainer); results by job name."""
+def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> dict:
+    """Fit every job of ``stage`` concurrently (one thread per TorchTrainer) with the
+    pipeline config ``cfg`` (or the job's own) in the run ``layout``; results by job name."""
     if not jobs:
         return {}
     with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix=stage) as pool:
-        futures = {job.name: pool.submit(_fit_one, ctx, stage, job, run_hash) for job in jobs}
+        futures = {job.name: pool.submit(_fit_one, cfg, layout, stage, job, run_hash) for job in jobs}
         return {name: future.result() for name, future in futures.items()}
 
-
-def local_model_dir(run_dir: RunDir, tmp: str, *parts: str) -> str:
-    return download_dir(run_dir, tmp, *parts)
