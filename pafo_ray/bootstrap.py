@@ -17,9 +17,9 @@ import pandas as pd
 from pafo_ray.metrics import (
     DIMENSIONS,
     PER_USER_STATS,
-    _dimensions,
-    _float,
-    _labels,
+    as_float,
+    dimensions_of,
+    labels_of,
     outcomes,
 )
 
@@ -45,8 +45,8 @@ def user_table(df: pd.DataFrame) -> UserTable:
     frame = outcomes(df)
     user_codes, users = pd.factorize(frame["user_id"], sort=True)
     cells, cell_codes = {("all", "all"): 0}, [np.zeros(len(frame), dtype=np.int64)]
-    for by in _dimensions(frame):
-        codes, labels = pd.factorize(_labels(frame, by), sort=True)
+    for by in dimensions_of(frame):
+        codes, labels = pd.factorize(labels_of(frame, by), sort=True)
         cell_codes.append(codes + len(cells))
         cells.update({(by, label): len(cells) + k for k, label in enumerate(labels)})
     shape = (len(users), len(cells))
@@ -181,7 +181,7 @@ def _multiplicity(draws: np.ndarray, num_users: int) -> np.ndarray:
     return np.bincount(flat, minlength=draws.size).reshape(draws.shape).astype(float)
 
 
-def _interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
+def percentile_interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return None, None
@@ -189,9 +189,9 @@ def _interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | N
     return float(lo), float(hi)
 
 
-def _resample(tables: list[UserTable], stats: dict, n: int, seed: int) -> dict:
+def resample_users(tables: list[UserTable], stats: dict, n: int, seed: int) -> dict:
     """Each statistic on ``n`` user resamples: ``{name: [n]}``; with two tables (the same
-    users, see :func:`_align`) the difference ``stat(a) − stat(b)`` under the same draws."""
+    users, see :func:`align_users`) the difference ``stat(a) − stat(b)`` under the same draws."""
     num_users = len(tables[0].users)
     out = {name: [] for name in stats}
     for draws in _draws(num_users, n, seed):
@@ -230,13 +230,13 @@ def bootstrap_by_user(df: pd.DataFrame, statistic, n: int = 1000, seed: int = 0,
     the same draws as the fast path for the same seed). ``(None, None)`` if undefined.
     """
     if isinstance(statistic, UserStatistic):
-        values = _resample([user_table(df)], {"s": statistic}, n, seed)["s"]
+        values = resample_users([user_table(df)], {"s": statistic}, n, seed)["s"]
     else:
         values = _resample_frames([df], statistic, n, seed)
-    return _interval(values, alpha)
+    return percentile_interval(values, alpha)
 
 
-def _align(df_a: pd.DataFrame, df_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def align_users(df_a: pd.DataFrame, df_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same rows of two methods, sorted by ``row_id``; users and groups must agree."""
     for name, frame in (("first", df_a), ("second", df_b)):
         if "row_id" not in frame.columns or frame["row_id"].duplicated().any():
@@ -257,13 +257,13 @@ def paired_difference(df_a: pd.DataFrame, df_b: pd.DataFrame, statistic, n: int 
                       seed: int = 0, alpha: float = 0.05) -> dict:
     """``{"diff", "lo", "hi"}`` of ``statistic(a) − statistic(b)`` on the same rows (aligned
     on ``row_id``), both methods evaluated on the same user resamples."""
-    a, b = _align(df_a, df_b)
+    a, b = align_users(df_a, df_b)
     if isinstance(statistic, UserStatistic):
         tables = [user_table(a), user_table(b)]
         diff = statistic.point(tables[0]) - statistic.point(tables[1])
-        values = _resample(tables, {"s": statistic}, n, seed)["s"]
+        values = resample_users(tables, {"s": statistic}, n, seed)["s"]
     else:
         diff = statistic(a) - statistic(b)
         values = _resample_frames([a, b], statistic, n, seed)
-    lo, hi = _interval(values, alpha)
-    return {"diff": _float(diff), "lo": lo, "hi": hi}
+    lo, hi = percentile_interval(values, alpha)
+    return {"diff": as_float(diff), "lo": lo, "hi": hi}

@@ -12,22 +12,22 @@ import numpy as np
 import pandas as pd
 
 from pafo_ray.bootstrap import (
-    _align,
-    _interval,
-    _resample,
     accuracy_stat,
+    align_users,
     gap_stat,
     per_user_stat,
+    percentile_interval,
+    resample_users,
     spearman_stat,
     user_table,
 )
 from pafo_ray.metrics import (
     PER_USER_STATS,
-    _dimensions,
-    _float,
-    _labels,
+    as_float,
     bias_curve,
+    dimensions_of,
     disaggregated,
+    labels_of,
     outcomes,
     per_user,
 )
@@ -60,20 +60,20 @@ def method_metrics(df: pd.DataFrame, *, groups: Sequence[str] | None = None, buc
     stats = {"overall": accuracy_stat(), "spearman": spearman_stat(),
              **{f"per_user.{k}": per_user_stat(k) for k in PER_USER_STATS}}
     by = {}
-    for dim in _dimensions(frame):
+    for dim in dimensions_of(frame):
         by[dim] = disaggregated(frame, dim, groups if dim == "group" else None)
         order = by[dim]["order"]
         stats.update({f"{dim}.{g}": accuracy_stat(dim, g) for g in order})
         if len(order) >= 2:
             stats[f"{dim}.gap"] = gap_stat(dim, order[0], order[-1])
-    values = _resample([table], stats, bootstrap, seed) if bootstrap > 0 else {}
+    values = resample_users([table], stats, bootstrap, seed) if bootstrap > 0 else {}
 
     def estimate(name: str) -> dict:
-        lo, hi = _interval(values[name], alpha) if name in values else (None, None)
-        return {"value": _float(stats[name].point(table)), "lo": lo, "hi": hi}
+        lo, hi = percentile_interval(values[name], alpha) if name in values else (None, None)
+        return {"value": as_float(stats[name].point(table)), "lo": lo, "hi": hi}
 
     for dim, result in by.items():
-        labels = _labels(frame, dim)
+        labels = labels_of(frame, dim)
         result["interval"] = {g: [estimate(f"{dim}.{g}")[k] for k in ("lo", "hi")]
                               for g in result["order"]}
         result["gap"] = estimate(f"{dim}.gap") if f"{dim}.gap" in stats else None
@@ -108,7 +108,7 @@ def compare_methods(frames: dict[str, pd.DataFrame], reference: str = "vanilla",
     for name, df in frames.items():
         if name == reference:
             continue
-        tables = [user_table(frame) for frame in _align(df, frames[reference])]
+        tables = [user_table(frame) for frame in align_users(df, frames[reference])]
         stats = {"overall_accuracy": accuracy_stat(), "per_user_std": per_user_stat("std")}
         for dim in ("group", "user_type"):
             order = methods[name]["by"].get(dim, {}).get("order", [])
@@ -117,11 +117,11 @@ def compare_methods(frames: dict[str, pd.DataFrame], reference: str = "vanilla",
                 stats[f"{dim}.{g}_per_user_std"] = per_user_stat("std", dim, g)
             if len(order) >= 2:
                 stats[f"{dim}.gap"] = gap_stat(dim, order[0], order[-1])
-        values = _resample(tables, stats, bootstrap, seed) if bootstrap > 0 else {}
+        values = resample_users(tables, stats, bootstrap, seed) if bootstrap > 0 else {}
         result: dict = {"by": {}}
         for key, stat in stats.items():
-            lo, hi = _interval(values[key], alpha) if key in values else (None, None)
-            entry = {"diff": _float(stat.point(tables[0]) - stat.point(tables[1])),
+            lo, hi = percentile_interval(values[key], alpha) if key in values else (None, None)
+            entry = {"diff": as_float(stat.point(tables[0]) - stat.point(tables[1])),
                      "lo": lo, "hi": hi}
             if "." in key:
                 dim, metric = key.split(".", 1)

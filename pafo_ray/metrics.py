@@ -27,12 +27,12 @@ KNOWN_ORDERS = (("minority", "majority"), ("unseen", "seen"))  # lowest support 
 PER_USER_STATS = ("mean", "std", "worst", "p10")
 
 
-def _float(x) -> float | None:
+def as_float(x) -> float | None:
     """A JSON-safe float: NaN (undefined) becomes None."""
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def _labels(df: pd.DataFrame, by: str) -> pd.Series:
+def labels_of(df: pd.DataFrame, by: str) -> pd.Series:
     """String labels of column ``by`` (``seen`` bools become "seen"/"unseen")."""
     if by not in df.columns:
         raise ValueError(f"scored rows have no column {by!r} (columns: {list(df.columns)})")
@@ -45,7 +45,7 @@ def _labels(df: pd.DataFrame, by: str) -> pd.Series:
     return column.astype(str)
 
 
-def _dimensions(df: pd.DataFrame) -> list[str]:
+def dimensions_of(df: pd.DataFrame) -> list[str]:
     """The disaggregation columns present; an all-missing optional column (e.g. ``user_type``
     on real data) counts as absent; ``group`` never does (its NaNs are an error)."""
     return [by for by in DIMENSIONS
@@ -97,7 +97,7 @@ def disaggregated(df: pd.DataFrame, by: str, groups: Sequence[str] | None = None
     runs from lowest to highest support (``groups`` if given, see :func:`_order`).
     """
     frame = outcomes(df)
-    labels = _labels(frame, by)
+    labels = labels_of(frame, by)
     order = _order(labels.unique(), groups, by)
     stats = frame.groupby(labels)["correct"].agg(["sum", "count"])
     accuracy = {g: float(stats.loc[g, "sum"] / stats.loc[g, "count"]) for g in order}

@@ -31,7 +31,7 @@ from pafo_ray.config import (
     ModelConfig,
     PipelineConfig,
     TrainConfig,
-    _check_value,
+    check_value,
 )
 
 SPACE_FILE = "space.yaml"
@@ -92,7 +92,7 @@ def _number(value: Any, where: str, what: str) -> float:
 
 def _check_field_value(value: Any, key: str, where: str) -> Any:
     try:
-        return _check_value(value, SEARCHABLE[key][1], key)
+        return check_value(value, SEARCHABLE[key][1], key)
     except ConfigError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
