@@ -238,3 +238,19 @@ def test_typed_readers_of_other_stages_summaries(layout):
     layout.write_users("prepare", pd.DataFrame({"user_id": ["b", "a", "c"], "rows": [1, 2, 3]}))
     assert layout.user_ids() == ["a", "b", "c"]
     assert list(layout.users("prepare")["rows"]) == [1, 2, 3]
+
+
+def test_the_three_training_entry_points_share_one_builder():
+    """train_func, train_student and train_vanilla get model and rows from one builder, and
+    none seeds, builds a model or tensors rows itself."""
+    modules = _modules()
+    entries = [("pafo_ray.train.ray_train", "train_func"),
+               ("pafo_ray.train.inmemory", "train_student"),
+               ("pafo_ray.train.inmemory", "train_vanilla")]
+    for module, function in entries:
+        node = next(n for n in ast.walk(modules[module])
+                    if isinstance(n, ast.FunctionDef) and n.name == function)
+        called = {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", None)
+                  for c in ast.walk(node) if isinstance(c, ast.Call)}
+        assert "build_model_and_rows" in called, function
+        assert not called & {"manual_seed", "from_config", "build_rows", "user_map"}, function
