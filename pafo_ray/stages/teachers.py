@@ -27,8 +27,8 @@ SECTIONS = ("model", "train", "teachers")
 def run(ctx: StageContext) -> dict:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     names = J.names(cfg)
-    rows = run_dir.groups_summary()
-    counts = rows.row_counts("train")
+    grouped = run_dir.groups_summary()
+    counts = grouped.row_counts("train")
     small = [g for g in names if counts.get(g, 0) < cfg.teachers.min_rows]
     if small and cfg.teachers.small_group_policy == "error":
         raise ValueError(
@@ -39,7 +39,7 @@ def run(ctx: StageContext) -> dict:
     vanilla = TrainJob("vanilla", J.objective_for("vanilla", cfg), run_dir.grouped_rows("train"),
                        run_dir.grouped_rows("val"), run_dir.teacher_model("vanilla"))
     teachers = [TrainJob(g, J.objective_for("teacher", cfg), run_dir.grouped_rows("train", [g]),
-                         _val_uris(run_dir, g, rows.row_counts("val")), run_dir.teacher_model(g))
+                         _val_uris(run_dir, g, grouped.row_counts("val")), run_dir.teacher_model(g))
                 for g in names if g not in small]
     results = {}
     init = cfg.teachers.init
