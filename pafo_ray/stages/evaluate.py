@@ -39,7 +39,8 @@ def method_models(ctx: StageContext) -> dict:
     tuned = tuned_baselines(ctx)
     if is_active(cfg, "baselines"):
         for m in cfg.baselines.methods:
-            models[m] = (tuned.get(m) or {}).get("model") or run_dir.uri("baselines", m)
+            recorded = (tuned.get(m) or {}).get("model")  # recorded without URI secrets
+            models[m] = run_dir.resolve(recorded) if recorded else run_dir.uri("baselines", m)
     models["pafo"] = run_dir.uri("distill", "student")
     if run_dir.exists("distill", "student_default", "config.json"):
         models["pafo_default"] = run_dir.uri("distill", "student_default")

@@ -7,6 +7,7 @@ their rows as parquet under ``<run>/input/rows/``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -18,12 +19,34 @@ DEPENDS: list = []
 SECTIONS = ("data",)
 
 
+def hash_payload(cfg) -> str:
+    """The data section plus a fingerprint of the files at ``data.path`` (path, size, mtime):
+    rewritten input reruns this stage and, through the chained hashes, all that follows."""
+    from pafo_ray.data.fingerprint import fingerprint
+
+    files = fingerprint(cfg.data.path if cfg.data.source != "builtin" else None)
+    blob = f"{cfg.section_hash(*SECTIONS)}|{files['digest']}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def source_of(ctx: StageContext) -> tuple:
+    """``(source, path)`` that ``prepare`` reads. The path is the real one, from the config or
+    the run directory: the one in ``summary.json`` is recorded without URI secrets."""
+    summary = ctx.run_dir.read_json(NAME, "summary.json")
+    if summary.get("generated"):
+        return summary["source"], ctx.run_dir.uri(NAME, "rows")
+    return summary["source"], ctx.cfg.data.path
+
+
 def run(ctx: StageContext) -> dict:
+    from pafo_ray.data.fingerprint import fingerprint
+
     data = ctx.cfg.data
     if data.source in ("parquet", "jsonl", "hf"):
         if not data.path:
             raise ValueError(f"data.source={data.source} needs data.path")
-        return {"source": data.source, "path": data.path, "generated": False}
+        return {"source": data.source, "path": data.path, "generated": False,
+                "fingerprint": fingerprint(data.path)}
     with tempfile.TemporaryDirectory() as tmp:
         local = ctx.run_dir.local_dir(NAME, "rows") or os.path.join(tmp, "rows")
         os.makedirs(local, exist_ok=True)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pafo_ray.data import support as support_lib
 from pafo_ray.data.schema import group_names
 from pafo_ray.data.sources import DataValidationError
+from pafo_ray.redact import redact_uri
 from pafo_ray.stages.base import StageContext
 
 NAME = "prepare"
@@ -54,7 +55,7 @@ def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_f
         chunk = {k: v for k, v in chunk.items() if v is not None}
         raw = read_chunk(chunk)
         try:
-            raw = normalize_preferences(raw, source=chunk["path"])
+            raw = normalize_preferences(raw, source=redact_uri(chunk["path"]))
         except ValueError as exc:  # a format problem: same error type as every other bad input
             raise DataValidationError(str(exc)) from None
         tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
@@ -232,8 +233,10 @@ def run(ctx: StageContext) -> dict:
     prep = cfg.prepare
     _check(prep)
     names = group_names(prep.num_groups)
-    source = run_dir.read_json("input", "summary.json")
-    chunks = plan_chunks(source["source"], source["path"], cfg.data.hf_split)
+    from pafo_ray.stages.input import source_of
+
+    kind, path = source_of(ctx)
+    chunks = plan_chunks(kind, path, cfg.data.hf_split)
     partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
     validate = dict(strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
@@ -258,7 +261,7 @@ def run(ctx: StageContext) -> dict:
         rows = _map(chunks_ds, _read_label, len(chunks), batch_size=1,
                     fn_kwargs=dict(votes=vote_refs, validate=validate, label=label))
         users, blocks = _collect(_write(rows, run_dir.uri(NAME, "data"), len(chunks),
-                                        ["split", "group"]), source["path"])
+                                        ["split", "group"]), redact_uri(path))
         del vote_refs
     except Exception as exc:  # surface our own validation errors without Ray's wrapping
         raise _unwrap(exc) from None
