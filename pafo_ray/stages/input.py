@@ -23,8 +23,14 @@ def hash_payload(cfg) -> str:
     """The data section plus a fingerprint of the files at ``data.path`` (path, size, mtime):
     rewritten input reruns this stage and, through the chained hashes, all that follows."""
     from pafo_ray.data.fingerprint import fingerprint
+    from pafo_ray.redact import redact_uri
 
-    files = fingerprint(cfg.data.path if cfg.data.source != "builtin" else None)
+    path = cfg.data.path if cfg.data.source != "builtin" else None
+    try:
+        files = fingerprint(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"data.path {redact_uri(str(path))}: cannot list the input files: "
+                         f"{exc}") from None
     blob = f"{cfg.section_hash(*SECTIONS)}|{files['digest']}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
