@@ -20,7 +20,7 @@ import pytest
 from conftest import small_overrides
 
 from pafo_ray.config import ConfigError, load_config
-from pafo_ray.storage import ContainmentError, RunDir
+from pafo_ray.storage import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("pafo-ray")
@@ -50,6 +50,8 @@ def test_cli_rejects_a_traversal_run_name_and_the_planted_file_survives(tmp_path
 
 
 def test_rundir_deletes_nothing_outside_the_run(tmp_path):
+    from pafo_ray.storage import ContainmentError
+
     planted = tmp_path / "victim" / "prepare" / "keep.txt"
     planted.parent.mkdir(parents=True)
     planted.write_text("mine")
