@@ -25,7 +25,11 @@ def make_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--config", help="YAML config (sections as in pafo_ray/config.py)")
         p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5")
-        p.add_argument("--force", action="store_true", help="rerun even if output is complete")
+        p.add_argument("--force", action="store_true", help="rerun even if output is complete "
+                       "(the stages that read this output rerun too)")
+        p.add_argument("--wait", type=float, metavar="SECONDS", default=None,
+                       help="another run holds this run directory: wait up to SECONDS for it "
+                       "(default run.lock_wait_s=0: fail at once, naming the holder)")
         return p
 
     from pafo_ray.stages.registry import STAGES
@@ -52,36 +56,51 @@ def main(argv: Optional[list] = None) -> int:
             return _generate(args)
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"pafo-ray: config error: {exc}", file=sys.stderr)
+        from pafo_ray.redact import redact_text
+
+        print(f"pafo-ray: config error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     if args.command == "show-config":
         import yaml
 
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        from pafo_ray.redact import redact_tree
+
+        print(yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False))
         return 0
     if getattr(args, "force", False):
         cfg.run.force = True
+    if getattr(args, "wait", None) is not None:
+        cfg.run.lock_wait_s = args.wait
     return _run(cfg, args.command)
 
 
 def _run(cfg, command: str) -> int:
     from pafo_ray.data.sources import DataValidationError
     from pafo_ray.ray_session import init_ray
+    from pafo_ray.redact import install_log_filter, redact_text
+    from pafo_ray.runlock import RunLocked, hold
     from pafo_ray.stages.base import StageContext, apply_upstream, run_pipeline, run_stage
 
-    init_ray(cfg.run.ray)
+    install_log_filter()
     ctx = StageContext.create(cfg)
     try:
-        if command == "run":
-            results = run_pipeline(ctx, cfg.run.stages or None)
-            report = results.get("evaluate", {}).get("report")
-            if report:
-                print(f"report: {report}")
-        else:
-            apply_upstream(ctx)
-            run_stage(ctx, command, force=cfg.run.force)
+        # One writer per run directory, taken before Ray starts so a second run fails fast.
+        with hold(ctx.run_dir, cfg.run, f"pafo-ray {command}"):
+            init_ray(cfg.run.ray)
+            install_log_filter("ray")  # Ray's own loggers have their own handlers
+            if command == "run":
+                results = run_pipeline(ctx, cfg.run.stages or None)
+                report = results.get("evaluate", {}).get("report")
+                if report:
+                    print(f"report: {redact_text(report)}")
+            else:
+                apply_upstream(ctx)
+                run_stage(ctx, command, force=cfg.run.force)
+    except RunLocked as exc:
+        print(f"pafo-ray {command}: {redact_text(str(exc))}", file=sys.stderr)
+        return 3
     except (DataValidationError, RuntimeError, ValueError) as exc:
-        print(f"pafo-ray {command}: {exc}", file=sys.stderr)
+        print(f"pafo-ray {command}: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

@@ -44,8 +44,20 @@ class RunConfig:
     run_name: str = _f("demo", "Folder under storage_path that holds this run.")
     seed: int = _f(0, "Seed for splits, initialisation and sampling.")
     stages: list = _f([], "Stages `run` executes (empty: all, in order).")
-    force: bool = _f(False, "Rerun stages even when their complete output exists.")
+    force: bool = _f(False, "Rerun stages even when their complete output exists (and "
+                     "invalidate every stage that reads them).")
+    lock_wait_s: float = _f(0.0, "Another process holds this run directory's lock: wait up to "
+                            "this many seconds for it (0: fail at once, naming the holder).")
+    lock_lease_s: float = _f(60.0, "A run lock not renewed for this long counts as dead and "
+                             "may be taken over (the holder renews it every lease/4 s).")
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        from pafo_ray.storage import run_name_problem
+
+        problem = run_name_problem(self.run_name)
+        if problem:  # a path here would write, and clear folders, outside storage_path
+            raise ConfigError(f"run.run_name: {problem}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ below instead of by string keys. Every path method returns a full URI (or absolu
 
     <storage_path>/<run_name>/...                   paths                       typed readers
     <stage>/summary.json, <stage>/_SUCCESS.json     stage_dir(stage)            summary(stage) (the runner)
-    input/rows/*.parquet  (generated rows)          input_rows()                input_source()
+    input/rows/*.parquet  (generated rows)          input_rows()                input_source(cfg)
     prepare/data/split=<s>/group=<g>/*.parquet      prepared_rows(split),       prepare_summary()
                                                     prepared_splits(splits)
     prepare/users.parquet                           -                           users(PREPARE), user_ids()
@@ -125,9 +125,13 @@ class RunLayout(RunDir):
     def input_rows(self) -> str:
         return self.uri(INPUT, "rows")
 
-    def input_source(self) -> InputSource:
+    def input_source(self, cfg) -> InputSource:
+        """What ``prepare`` reads. The path is the real one — the run's generated rows, or
+        ``data.path`` from the config — never the one in ``summary.json``, which is recorded
+        without URI secrets."""
         summary = self.summary(INPUT)
-        return InputSource(source=summary["source"], path=summary["path"])
+        path = self.input_rows() if summary.get("generated") else cfg.data.path
+        return InputSource(source=summary["source"], path=path)
 
     def prepared_rows(self, split: Optional[str] = None) -> str:
         """``prepare/data`` (every split, set-aside rows included) or one split of it."""

@@ -10,10 +10,28 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import time
 from typing import Any, Optional
 
 SUCCESS = "_SUCCESS.json"
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]*")
+
+
+def run_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` cannot be a run name (a folder name, not a path), or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty name"
+    if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+        return f"{name!r} is a path; give a plain folder name (no '/', '\\', '..', not absolute)"
+    if not _RUN_NAME.fullmatch(name):
+        return (f"{name!r} must be letters, digits and . _ - + = only, not starting with "
+                "'.' or '-'")
+    return None
+
+
+class ContainmentError(ValueError):
+    """A deletion that would reach outside ``<storage_path>/<run_name>/``."""
 
 
 def split_uri(uri: str):
@@ -39,6 +57,9 @@ class RunDir:
     """Paths and completion markers of one run."""
 
     def __init__(self, storage_path: str, run_name: str):
+        problem = run_name_problem(run_name)
+        if problem:
+            raise ContainmentError(f"run.run_name: {problem}")
         self.storage_path = storage_path if "://" in storage_path else os.path.abspath(storage_path)
         self.run_name = run_name
         self.root = join(self.storage_path, run_name)
@@ -48,6 +69,18 @@ class RunDir:
     def uri(self, *parts: str) -> str:
         """Full URI (or absolute local path) under the run."""
         return join(self.root, *parts)
+
+    def resolve(self, recorded: str) -> str:
+        """A URI read back from a summary (recorded without query secrets) as a usable one:
+        under this run's root it gets the root's real query back."""
+        from pafo_ray.redact import redact_uri
+
+        path = recorded.partition("?")[0]
+        shown = redact_uri(self.root).partition("?")[0]
+        if "://" not in path or not (path == shown or path.startswith(shown + "/")):
+            return recorded
+        root_path, sep, query = self.root.partition("?")
+        return root_path + path[len(shown):] + (f"?{query}" if sep else "")
 
     def fs_path(self, *parts: str) -> str:
         """Path in ``self.fs`` terms (no scheme), for pyarrow calls."""
@@ -79,10 +112,25 @@ class RunDir:
         with self.fs.open_input_stream(self.fs_path(*parts)) as src:
             return src.read()
 
-    def remove(self, *parts: str) -> None:
+    def inside(self, *parts: str) -> str:
+        """``fs_path(*parts)``, checked to lie strictly inside the run directory (symlinks
+        resolved on a local disk); :class:`ContainmentError` otherwise."""
         from pyarrow import fs as pafs
 
-        path = self.fs_path(*parts)
+        path = posixpath.normpath(self.fs_path(*parts))
+        root = posixpath.normpath(self._root_path)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            path, root = os.path.realpath(path), os.path.realpath(root)
+        if not parts or not path.startswith(root.rstrip("/") + "/"):
+            raise ContainmentError(f"refusing to touch {path}: not inside the run directory "
+                                   f"{root}")
+        return path
+
+    def remove(self, *parts: str) -> None:
+        """Delete a file or folder under the run; nothing outside it (see :meth:`inside`)."""
+        from pyarrow import fs as pafs
+
+        path = self.inside(*parts)
         info = self.fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
             self.fs.delete_dir(path)
@@ -108,10 +156,17 @@ class RunDir:
         self.write_json({"config_hash": config_hash, "finished_at": time.time(), **extra},
                         stage, SUCCESS)
 
+    def clear_marker(self, stage: str) -> None:
+        """Forget that ``stage`` is complete (its output stays until it reruns)."""
+        try:
+            self.remove(stage, SUCCESS)
+        except FileNotFoundError:  # removed meanwhile by a stage running alongside
+            pass
+
     def start(self, stage: str) -> None:
         """Clear a stage's folder before writing it anew (stale or partial output)."""
         self.remove(stage)
-        self.fs.create_dir(self.fs_path(stage), recursive=True)
+        self.fs.create_dir(self.inside(stage), recursive=True)
 
     def local_dir(self, *parts: str) -> Optional[str]:
         """The local path when the run lives on the local filesystem, else None."""

@@ -15,6 +15,8 @@ from typing import Optional
 
 import pyarrow as pa
 
+from pafo_ray.redact import redact_uri
+
 # Rows per chunk for inputs without row groups (jsonl read whole, hf sliced).
 HF_CHUNK_ROWS = 200_000
 ROW_ID_FILE_SHIFT = 40  # row_id = file_index << 40 | source_row
@@ -108,7 +110,8 @@ def read_chunk(chunk: dict, provenance: bool = True) -> pa.Table:
     rows = pa.array(range(chunk["first_row"], chunk["first_row"] + table.num_rows),
                     type=pa.int64())
     row_id = pa.compute.add(rows, pa.scalar(chunk["file_index"] << ROW_ID_FILE_SHIFT, pa.int64()))
-    source = chunk["path"] if kind != "hf" else f"{chunk['path']}[{chunk['split']}]"
+    # The recorded origin of each row carries no URI secret (pafo_ray.redact).
+    source = redact_uri(chunk["path"]) if kind != "hf" else f"{chunk['path']}[{chunk['split']}]"
     table = table.append_column("source_file", pa.array([source] * table.num_rows, pa.string()))
     table = table.append_column("source_row", rows)
     return table.append_column("row_id", row_id)

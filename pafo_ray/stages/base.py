@@ -6,6 +6,12 @@ the stages it reads are in :mod:`pafo_ray.stages.registry`. The runner hashes th
 together with the hashes of the stages it depends on, skips the stage when
 ``<run>/<stage>/_SUCCESS.json`` carries that hash, and otherwise clears the folder, runs it,
 writes ``summary.json`` and the marker last (paths: :mod:`pafo_ray.layout`).
+
+A stage that runs (because its hash changed, its output is incomplete, or ``--force``)
+first removes the markers of every stage that reads its output, directly or not, so they
+rerun too: their outputs were made from what is about to be replaced. (A changed hash
+alone would not catch ``--force``, which reruns with the same hash.) Summaries are
+written and printed through :mod:`pafo_ray.redact`: no URI secret reaches them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 
 from pafo_ray.config import PipelineConfig
 from pafo_ray.layout import RunLayout
+from pafo_ray.redact import redact_tree, redact_uri
 from pafo_ray.stages.registry import CONCURRENT, ORDER, depends, is_active
 
 __all__ = ["CONCURRENT", "ORDER", "StageContext", "apply_upstream", "is_active", "is_done",
@@ -70,23 +77,41 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     digest = stage_hash(ctx, name)
     if not force and ctx.run_dir.is_complete(name, digest):
         summary = ctx.run_dir.summary(name)
-        print(f"[{name}] done already ({ctx.run_dir.stage_dir(name)}), skipped", flush=True)
+        print(f"[{name}] done already ({redact_uri(ctx.run_dir.stage_dir(name))}), skipped",
+              flush=True)
         _apply_updates(ctx, summary)
         return summary
     for dep in depends(name):
         if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
             raise RuntimeError(f"stage '{name}' needs '{dep}', which has no complete output "
                                f"for this config: run `pafo-ray {dep}` (or `pafo-ray run`) first")
+    invalidate_dependents(ctx, name)
     ctx.run_dir.start(name)
     began = time.time()
     summary = module.run(ctx)
     summary["seconds"] = round(time.time() - began, 2)
-    ctx.run_dir.write_summary(name, summary)
+    recorded = redact_tree(summary)
+    ctx.run_dir.write_summary(name, recorded)
     ctx.run_dir.mark_complete(name, digest)
-    print(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
-          f"-> {ctx.run_dir.stage_dir(name)}", flush=True)
+    print(f"[{name}] {module.describe(recorded)} in {summary['seconds']:.1f} s "
+          f"-> {redact_uri(ctx.run_dir.stage_dir(name))}", flush=True)
     _apply_updates(ctx, summary)
     return summary
+
+
+def dependents(name: str) -> list:
+    """Every stage that reads ``name``'s output, directly or through others (ORDER order)."""
+    found: set = {name}
+    for stage in ORDER:  # DEPENDS only point backwards in ORDER
+        if any(dep in found for dep in depends(stage)):
+            found.add(stage)
+    return [s for s in ORDER if s in found and s != name]
+
+
+def invalidate_dependents(ctx: StageContext, name: str) -> None:
+    """Remove the completion markers of the stages after ``name`` (see the module doc)."""
+    for stage in dependents(name):
+        ctx.run_dir.clear_marker(stage)
 
 
 def _apply_updates(ctx: StageContext, summary: dict) -> None:

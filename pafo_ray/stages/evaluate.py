@@ -36,7 +36,8 @@ def method_models(ctx: StageContext) -> dict:
     tuned = tuned_baselines(ctx)
     if is_active(cfg, "baselines"):
         for m in cfg.baselines.methods:
-            models[m] = (tuned.get(m) or {}).get("model") or run_dir.baseline_model(m)
+            recorded = (tuned.get(m) or {}).get("model")  # recorded without URI secrets
+            models[m] = run_dir.resolve(recorded) if recorded else run_dir.baseline_model(m)
     models["pafo"] = run_dir.student_model("student")
     if run_dir.has_student("student_default"):
         models["pafo_default"] = run_dir.student_model("student_default")

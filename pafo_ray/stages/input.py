@@ -7,6 +7,7 @@ their rows as parquet under ``<run>/input/rows/``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -16,12 +17,31 @@ NAME = "input"
 SECTIONS = ("data",)
 
 
+def hash_payload(cfg) -> str:
+    """The data section plus a fingerprint of the files at ``data.path`` (path, size, mtime):
+    rewritten input reruns this stage and, through the chained hashes, all that follows."""
+    from pafo_ray.data.fingerprint import fingerprint
+    from pafo_ray.redact import redact_uri
+
+    path = cfg.data.path if cfg.data.source != "builtin" else None
+    try:
+        files = fingerprint(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"data.path {redact_uri(str(path))}: cannot list the input files: "
+                         f"{exc}") from None
+    blob = f"{cfg.section_hash(*SECTIONS)}|{files['digest']}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run(ctx: StageContext) -> dict:
+    from pafo_ray.data.fingerprint import fingerprint
+
     data = ctx.cfg.data
     if data.source in ("parquet", "jsonl", "hf"):
         if not data.path:
             raise ValueError(f"data.source={data.source} needs data.path")
-        return {"source": data.source, "path": data.path, "generated": False}
+        return {"source": data.source, "path": data.path, "generated": False,
+                "fingerprint": fingerprint(data.path)}
     with tempfile.TemporaryDirectory() as tmp:
         target = ctx.run_dir.input_rows()
         local = ctx.run_dir.local_path(target) or os.path.join(tmp, "rows")

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pafo_ray.data import support as support_lib
 from pafo_ray.data.schema import group_names
 from pafo_ray.data.sources import DataValidationError
+from pafo_ray.redact import redact_uri
 from pafo_ray.stages.base import StageContext
 
 NAME = "prepare"
@@ -53,7 +54,7 @@ def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_f
         chunk = {k: v for k, v in chunk.items() if v is not None}
         raw = read_chunk(chunk)
         try:
-            raw = normalize_preferences(raw, source=chunk["path"])
+            raw = normalize_preferences(raw, source=redact_uri(chunk["path"]))
         except ValueError as exc:  # a format problem: same error type as every other bad input
             raise DataValidationError(str(exc)) from None
         tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
@@ -231,7 +232,7 @@ def run(ctx: StageContext) -> dict:
     prep = cfg.prepare
     _check(prep)
     names = group_names(prep.num_groups)
-    source = run_dir.input_source()
+    source = run_dir.input_source(ctx.cfg)
     chunks = plan_chunks(source.source, source.path, cfg.data.hf_split)
     partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
@@ -257,7 +258,7 @@ def run(ctx: StageContext) -> dict:
         rows = _map(chunks_ds, _read_label, len(chunks), batch_size=1,
                     fn_kwargs=dict(votes=vote_refs, validate=validate, label=label))
         users, blocks = _collect(_write(rows, run_dir.prepared_rows(), len(chunks),
-                                        ["split", "group"]), source.path)
+                                        ["split", "group"]), redact_uri(source.path))
         del vote_refs
     except Exception as exc:  # surface our own validation errors without Ray's wrapping
         raise _unwrap(exc) from None

@@ -92,7 +92,7 @@ def train_func(config: dict) -> None:
 
             saved = RewardModel.from_pretrained(os.path.join(folder, "model"))
             model.load_state_dict(saved.state_dict())
-            state = torch.load(os.path.join(folder, "train_state.pt"), weights_only=False)
+            state = load_train_state(os.path.join(folder, "train_state.pt"))
             start_epoch, optimizer_state = state["epoch"], state["optimizer"]
             objective.load_state_dict(state.get("objective", {}))
     rank = ray.train.get_context().get_world_rank()
@@ -130,6 +130,22 @@ def train_func(config: dict) -> None:
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, group_names=names, cache=cache,
         seed=cfg.run.seed, device=device, start_epoch=start_epoch,
         optimizer_state=optimizer_state, on_epoch=on_epoch)
+
+
+def load_train_state(path: str) -> dict:
+    """A checkpoint's ``train_state.pt`` (epoch, optimizer and objective state): tensors and
+    plain containers only (``weights_only=True``). A checkpoint comes from storage that
+    others may write; a pickled object in it must not run code on the worker."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise RuntimeError(f"{path}: refused: it holds more than tensors and plain values, "
+                           "which only a crafted file does (loaded with weights_only=True). "
+                           "Delete that checkpoint to start the job afresh.") from None
 
 
 def _checkpoint_dir(root: Optional[str]):
