@@ -130,3 +130,14 @@ def test_preflight_refuses_a_gpu_trainer_on_a_cpu_cluster():
     with pytest.raises(RuntimeError, match="teachers: each trainer .* 1 GPU can never be granted"):
         preflight(cfg, ["teachers", "baselines"], Capacity(cpus=4))
     preflight(cfg, ["teachers"], Capacity(cpus=4, max_gpus=2))  # an autoscaler may add them
+
+
+def test_a_start_up_timeout_inside_ray_trains_controller_error_is_recognised():
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from pafo_ray.train.ray_train import _is_startup_failure
+
+    assert _is_startup_failure(ControllerError(WorkerGroupStartupTimeoutError(1)))
+    assert not _is_startup_failure(ControllerError(ValueError("a bug in train_func")))
+    assert not _is_startup_failure(RuntimeError("boom"))

@@ -139,6 +139,8 @@ def _start_head(log_path: Path, extra_env: Optional[dict], num_cpus: int) -> Clu
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # Ray waits 60 s for its dashboard; on a loaded 2-core machine that start fails.
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
         **(extra_env or {}),
     })
     env.pop("RAY_ADDRESS", None)

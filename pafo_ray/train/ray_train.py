@@ -292,12 +292,22 @@ def _data_config(ingest_cpus: float):
     return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
+_STARTUP_ERRORS = ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError",
+                   "InsufficientClusterResourcesError")
+
+
 def _is_startup_failure(exc: BaseException) -> bool:
-    seen = exc
-    while seen is not None:
-        if "WorkerGroupStartup" in type(seen).__name__ or "WorkerGroupStartup" in str(seen):
+    """Ray Train gave up starting the worker group (V2 raises ``ControllerError`` whose
+    ``controller_failure`` is the start-up error)."""
+    todo, seen = [exc], set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if type(err).__name__ in _STARTUP_ERRORS or "worker group startup timed out" in str(err):
             return True
-        seen = seen.__cause__ or seen.__context__
+        todo += [err.__cause__, err.__context__, getattr(err, "controller_failure", None)]
     return False
 
 
