@@ -28,7 +28,7 @@ from conftest import REPO, small_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "600"))
+JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "1200"))
 START_TIMEOUT_S = 240
 
 
