@@ -4,6 +4,7 @@
     pafo-ray <stage> [...]      (one stage: pafo_ray/stages/registry.py lists them, in order)
     pafo-ray generate OUT_DIR [generator overrides ...]
     pafo-ray show-config [--config my.yaml] [overrides]
+    pafo-ray plan [--config my.yaml] [overrides]   # resources per stage vs the cluster
 
 Nothing heavy is imported until a command runs, so ``--help`` is instant.
 """
@@ -40,6 +41,10 @@ def make_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write the built-in synthetic dataset as parquet")
     gen.add_argument("out_dir")
     gen.add_argument("overrides", nargs="*", help="generator fields, e.g. num_users=1000")
+    plan = sub.add_parser("plan", help="what each stage needs (CPUs, GPUs, memory) against "
+                          "the cluster, and what runs at once")
+    plan.add_argument("--config")
+    plan.add_argument("overrides", nargs="*")
     show = sub.add_parser("show-config", help="print the bound config as YAML")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
@@ -67,6 +72,8 @@ def main(argv: Optional[list] = None) -> int:
 
         print(yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False))
         return 0
+    if args.command == "plan":
+        return _plan(cfg)
     if getattr(args, "force", False):
         cfg.run.force = True
     if getattr(args, "wait", None) is not None:
@@ -88,6 +95,7 @@ def _run(cfg, command: str) -> int:
         with hold(ctx.run_dir, cfg.run, f"pafo-ray {command}"):
             init_ray(cfg.run.ray)
             install_log_filter("ray")  # Ray's own loggers have their own handlers
+            _preflight(cfg, command)
             if command == "run":
                 results = run_pipeline(ctx, cfg.run.stages or None)
                 report = results.get("evaluate", {}).get("report")
@@ -103,6 +111,41 @@ def _run(cfg, command: str) -> int:
         print(f"pafo-ray {command}: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stages(cfg, command: str) -> list:
+    from pafo_ray.stages.base import ORDER, is_active
+
+    if command not in ("run", "plan"):
+        return [command]
+    return cfg.run.stages or [s for s in ORDER if is_active(cfg, s)]
+
+
+def _preflight(cfg, command: str) -> None:
+    """Fail before any stage when one of them asks for what the cluster can never give."""
+    from pafo_ray.sizing import cluster_capacity, preflight
+
+    preflight(cfg, _stages(cfg, command), cluster_capacity(cfg.run.ray))
+
+
+def _plan(cfg) -> int:
+    """Per stage: what the config asks for against the connected cluster (``RAY_ADDRESS`` or
+    ``run.ray.address``), or against the local Ray ``run`` would start."""
+    import os
+
+    from pafo_ray.sizing import cluster_capacity, format_plan, local_capacity
+
+    address = cfg.run.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        import ray
+
+        ray.init(address=address, log_to_driver=False)
+        capacity, where = cluster_capacity(cfg.run.ray), f"connected: {address}"
+    else:
+        capacity, where = local_capacity(cfg.run.ray), "the local Ray `pafo-ray run` would start"
+    text = format_plan(cfg, _stages(cfg, "plan"), capacity, where)
+    print(text)
+    return 1 if "\nerror: " in text else 0
 
 
 def _generate(args) -> int:

@@ -34,6 +34,11 @@ class RayConfig:
     num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
     object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
     progress_bars: bool = _f(True, "Show Ray Data progress bars.")
+    max_cpus: Optional[float] = _f(None, "CPUs an autoscaler may grow the cluster to (e.g. KubeRay "
+                                   "maxReplicas x CPUs per pod): admission plans with it. None: "
+                                   "no autoscaling, plan with the CPUs the cluster has.")
+    max_gpus: Optional[float] = _f(None, "GPUs an autoscaler may add up to (None: no autoscaling; "
+                                   "a GPU trainer on a cluster without GPUs fails at once).")
     parquet_reader_v2: bool = _f(False, "Read parquet through Ray Data's DataSourceV2 (2.60's "
                                  "default). Off: the V1 reader, 3-8 s less per read here.")
 
@@ -176,6 +181,12 @@ class TrainConfig:
     use_gpu: bool = _f(False, "Give each worker a GPU.")
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
     max_failures: int = _f(2, "Worker failures tolerated; training resumes from the last checkpoint.")
+    ingest_cpus: float = _f(1.0, "CPUs kept free for each trainer's Ray Data reads (no worker takes "
+                            "them; admission counts them): workers that held every CPU would wait "
+                            "forever for rows their reads cannot be scheduled to produce.")
+    start_retries: int = _f(2, "Worker-group start-ups that may time out (Ray's "
+                            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the trainer fails "
+                            "with the resources it asked for and what the cluster has.")
     checkpoint_every: int = _f(10, "Save a checkpoint every N epochs (and at the end); each "
                                "checkpoint report carries the epochs' metrics since the last. "
                                "A report with a checkpoint costs seconds when several trainers "

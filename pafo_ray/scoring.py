@@ -76,12 +76,13 @@ class MarginScorer:
 def score_dataset(ds, models: dict, pipeline: dict, *, batch_size: int, num_actors: int,
                   num_gpus: float):
     """``ds`` with one margin column per entry of ``models`` ({column: model_uri})."""
+    import ray
     import ray.data
 
-    from pafo_ray.ray_session import cluster_cpus
+    from pafo_ray.admission import capacity_from, pool_size
 
     # Leave a CPU for the read tasks that feed the pool (a full pool starves them: a hang).
-    actors = max(1, min(num_actors, cluster_cpus() - 1))
+    actors = pool_size(num_actors, 1.0, num_gpus, capacity_from(ray.cluster_resources()))
     return ds.map_batches(
         MarginScorer, batch_format="pandas", batch_size=batch_size,
         fn_constructor_kwargs=dict(models=models, pipeline=pipeline,

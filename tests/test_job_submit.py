@@ -28,7 +28,7 @@ from conftest import REPO, small_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "600"))
+JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "1200"))
 START_TIMEOUT_S = 240
 
 
@@ -139,6 +139,8 @@ def _start_head(log_path: Path, extra_env: Optional[dict], num_cpus: int) -> Clu
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # Ray waits 60 s for its dashboard; on a loaded 2-core machine that start fails.
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
         **(extra_env or {}),
     })
     env.pop("RAY_ADDRESS", None)
@@ -211,7 +213,7 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    with head_node(tmp_path_factory.mktemp("ray_head")) as cluster:
+    with head_node(tmp_path_factory.mktemp("ray_head"), num_cpus=CLUSTER_CPUS) as cluster:
         yield cluster
 
 
@@ -254,10 +256,18 @@ def _logs(cluster, job_id: str, chars: int = 8000) -> str:
         return f"(no job logs: {exc}); ray start log:\n{cluster.log_tail()}"
 
 
+# Real Ray Train workers and Tune trials on a cluster smaller than what the pipeline would
+# launch at once: teachers (vanilla + 2) ‖ baselines (3) = 6 trainers of 1 worker + 1 ingest
+# CPU = 12 CPUs wanted, 4 there; admission runs 2 at a time and queues the rest.
+CLUSTER_CPUS = 4
+REAL_WORKERS = {"train.num_workers": 1, "train.epochs": 2, "train.checkpoint_every": 2,
+                "tune.num_samples": 2, "tune.max_concurrent_trials": 2}
+
+
 def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path):
     from ray.job_submission import JobStatus
 
-    overrides = small_overrides(tmp_path, **{"run.run_name": "job"})
+    overrides = small_overrides(tmp_path, **{"run.run_name": "job", **REAL_WORKERS})
     storage = tmp_path / "runs"
     assert storage.is_absolute()
     began = time.time()
@@ -276,6 +286,32 @@ def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path
     # rather than starting a Ray of its own.
     assert "starting a local Ray" not in logs, logs
     assert "report:" in logs, logs
+    assert (storage / "job" / "tune" / "_SUCCESS.json").is_file(), logs
+    # The plan line of the concurrent stages, and of the trials.
+    assert f"teachers ‖ baselines: 2 of 6 at once on {CLUSTER_CPUS} CPUs" in logs, logs
+    assert "tune trials: all 2 at once" in logs, logs
+
+
+def test_submitted_gpu_trainer_on_a_cpu_cluster_fails_at_once(ray_cluster, tmp_path):
+    """A trainer whose single worker needs a GPU the cluster lacks (and no autoscaling is
+    configured) fails before any stage, naming what it asked for and what the cluster has,
+    instead of waiting on Ray for a GPU that never comes."""
+    from ray.job_submission import JobStatus
+
+    overrides = small_overrides(tmp_path, **{"run.run_name": "gpu", "train.num_workers": 1,
+                                             "train.use_gpu": True})
+    began = time.time()
+    job_id = _submit(ray_cluster, overrides, tmp_path)
+    status = _wait(ray_cluster, job_id, timeout=300)
+    seconds = time.time() - began
+    logs = _logs(ray_cluster, job_id)
+    assert status == JobStatus.FAILED, f"job {job_id} ended {status}; logs:\n{logs}"
+    # Job start-up dominates (~10-40 s on a loaded 2-core machine); no stage ran.
+    assert seconds < 240, f"took {seconds:.0f} s; logs:\n{logs}"
+    assert "1 GPU can never be granted" in logs, logs
+    assert f"the cluster has {CLUSTER_CPUS} CPUs, 0 GPUs" in logs, logs
+    assert "train.use_gpu=false" in logs, logs
+    assert not (tmp_path / "runs" / "gpu" / "input" / "_SUCCESS.json").exists()
 
 
 def test_submitted_job_with_missing_input_fails_with_a_clear_error(ray_cluster, tmp_path):

@@ -192,6 +192,24 @@ def space_overrides(cfg: PipelineConfig) -> dict:
     return out
 
 
+def concurrent_trials(cfg: PipelineConfig) -> int:
+    """``tune.max_concurrent_trials`` capped by how many trials the cluster holds at once
+    (:mod:`pafo_ray.admission`); fails at once when not even one fits. Prints the plan."""
+    from pafo_ray.admission import Demand, infeasible, plan_line, trials_at_once
+    from pafo_ray.sizing import cluster_capacity
+
+    t = cfg.tune
+    capacity = cluster_capacity(cfg.run.ray)
+    demand = Demand(t.cpus_per_trial, t.gpus_per_trial)
+    error = infeasible("tune: each trial", demand, capacity,
+                       "Lower tune.cpus_per_trial / tune.gpus_per_trial, or add nodes.")
+    if error:
+        raise ValueError(error)
+    at_once = trials_at_once(t.max_concurrent_trials, t.cpus_per_trial, t.gpus_per_trial, capacity)
+    print(plan_line("tune trials", t.num_samples, demand, capacity, at_once=at_once), flush=True)
+    return at_once
+
+
 def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
                sampler: Optional[str] = None, num_samples: Optional[int] = None,
                seed: Optional[int] = None, trainable: Callable = train_trial,
@@ -227,6 +245,7 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
     if num_samples < 1:
         raise ValueError(f"tune.num_samples must be ≥ 1 to search, got {num_samples}")
     resources = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
+    at_once = concurrent_trials(cfg)
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg, method=method),
                              resources)
     path = join(storage_path, name)
@@ -239,7 +258,7 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
     else:
         tune_config = tune.TuneConfig(
             search_alg=make_searcher(sampler, seed, num_samples), num_samples=num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True,
+            max_concurrent_trials=at_once, reuse_actors=True,
             trial_dirname_creator=trial_dirname)
         run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
                                     failure_config=tune.FailureConfig(max_failures=0))

@@ -153,7 +153,19 @@ def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:
             continue
         for s in together:
             stage_hash(ctx, s)  # fill the hash cache before threads share it
+        _print_concurrent_plan(ctx, [s for s in together if force or not is_done(ctx, s)])
         with ThreadPoolExecutor(max_workers=len(together)) as pool:
             futures = {s: pool.submit(run_stage, ctx, s, force=force) for s in together}
             results.update({s: f.result() for s, f in futures.items()})
     return results
+
+
+def _print_concurrent_plan(ctx: StageContext, stages: list) -> None:
+    """One line: how many of the concurrent stages' trainers run at once (they share one
+    budget, :func:`pafo_ray.sizing.shared_budget`)."""
+    if len(stages) < 2 or ctx.cfg.train.num_workers <= 0:
+        return
+    from pafo_ray.sizing import concurrent_plan_line, shared_budget
+
+    print(concurrent_plan_line(ctx.cfg, stages, shared_budget(ctx.cfg.run.ray).capacity),
+          flush=True)

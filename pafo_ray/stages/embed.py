@@ -79,15 +79,17 @@ def run(ctx: StageContext) -> dict:
     import ray
     import ray.data
 
+    from pafo_ray.admission import pool_size
     from pafo_ray.models.backbone import resolve_backbone
-    from pafo_ray.ray_session import cluster_cpus, data_parallelism
+    from pafo_ray.ray_session import data_parallelism
+    from pafo_ray.sizing import cluster_capacity
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     resolve_backbone(cfg.model.backbone)  # fail fast, on the driver, with the clear message
     e = cfg.embed
-    cpus = cluster_cpus()
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
-    actors = max(1, min(e.num_actors, cpus - 1))
+    actors = pool_size(e.num_actors, e.cpus_per_actor, e.num_gpus_per_actor,
+                       cluster_capacity(cfg.run.ray))
     ds = ray.data.read_parquet(run_dir.prepared_rows()).select_columns(
         ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = (ds.map_batches(texts_of, batch_format="pyarrow", batch_size=None)

@@ -192,7 +192,7 @@ def _fit_one(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -
 def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
              checkpoint_root: Optional[str] = None) -> dict:
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
@@ -206,9 +206,12 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     scaling = ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                             resources_per_worker={"CPU": tc.cpus_per_worker}
                             if tc.num_workers else None)
+    # controller_failure_limit bounds the worker-group start-ups that time out waiting for
+    # resources (Ray's default: retry forever, a hang when they never come).
     run_config = RunConfig(
         name=f"{job.name}-{run_hash}", storage_path=layout.ray_storage(stage),
-        failure_config=FailureConfig(max_failures=tc.max_failures),
+        failure_config=FailureConfig(max_failures=tc.max_failures,
+                                     controller_failure_limit=tc.start_retries),
         checkpoint_config=CheckpointConfig(num_to_keep=2))
     payload = {k: v for k, v in asdict(job).items()
                if k not in ("train", "val", "output", "info", "config")}
@@ -218,8 +221,13 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or cfg.to_dict(),
                                                           "job": payload},
                            scaling_config=scaling, run_config=run_config, datasets=datasets,
-                           dataset_config=None if local else DataConfig(datasets_to_split=["train"]))
-    result = trainer.fit()
+                           dataset_config=None if local else _data_config(tc.ingest_cpus))
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        if not _is_startup_failure(exc):
+            raise
+        raise RuntimeError(_startup_message(stage, job.name, tc)) from exc
     if result.checkpoint is None:
         raise RuntimeError(f"{stage}/{job.name}: training ended without a checkpoint "
                            f"({result.error})")
@@ -232,12 +240,83 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
             "model": job.output}
 
 
+def _data_config(ingest_cpus: float):
+    """Train splits ``train`` across workers; each trainer's Ray Data ingest may use at most
+    ``ingest_cpus`` CPUs, the ones admission keeps free for it, so one trainer's reads cannot
+    take the CPUs another trainer's reads wait for."""
+    from ray.train import DataConfig
+
+    if ingest_cpus <= 0:
+        return DataConfig(datasets_to_split=["train"])
+    options = DataConfig.default_ingest_options()
+    options.resource_limits = options.resource_limits.copy(cpu=ingest_cpus)
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
+
+
+_STARTUP_ERRORS = ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError",
+                   "InsufficientClusterResourcesError")
+
+
+def _is_startup_failure(exc: BaseException) -> bool:
+    """Ray Train gave up starting the worker group (V2 raises ``ControllerError`` whose
+    ``controller_failure`` is the start-up error)."""
+    todo, seen = [exc], set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if type(err).__name__ in _STARTUP_ERRORS or "worker group startup timed out" in str(err):
+            return True
+        todo += [err.__cause__, err.__context__, getattr(err, "controller_failure", None)]
+    return False
+
+
+def _startup_message(stage: str, name: str, tc) -> str:
+    import ray
+
+    from pafo_ray.admission import capacity_from
+
+    total = capacity_from(ray.cluster_resources())
+    free = capacity_from(ray.available_resources())
+    timeout = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+    asked = (f"{tc.num_workers} worker(s) × {tc.cpus_per_worker:g} CPU"
+             + (" + 1 GPU" if tc.use_gpu else ""))
+    return (f"{stage}/{name}: Ray Train could not start its workers ({asked}) in "
+            f"{tc.start_retries + 1} tries of {timeout} s (train.start_retries="
+            f"{tc.start_retries}, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S); the cluster has "
+            f"{total.describe()}, {free.cpus:g} CPUs and {free.gpus:g} GPUs free now. Something "
+            "else holds them, or no node can hold one worker: see `pafo-ray plan`.")
+
+
 def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> dict:
-    """Fit every job of ``stage`` concurrently (one thread per TorchTrainer) with the
-    pipeline config ``cfg`` (or the job's own) in the run ``layout``; results by job name."""
+    """Fit the jobs of ``stage`` concurrently (one thread per TorchTrainer) with the pipeline
+    config ``cfg`` (or the job's own) in the run ``layout``, as many at once as the cluster
+    holds (:mod:`pafo_ray.admission`; the budget is shared with any stage running beside this
+    one), the rest queued; results by job name."""
     if not jobs:
         return {}
+    from pafo_ray.admission import infeasible, plan_line, trainer_demand
+    from pafo_ray.sizing import shared_budget
+
+    tc = cfg.train
+    demand = trainer_demand(tc.num_workers, tc.cpus_per_worker, tc.use_gpu, tc.ingest_cpus)
+    budget = shared_budget(cfg.run.ray) if tc.num_workers > 0 else None
+    if budget is not None:
+        error = infeasible(f"{stage}: each trainer", demand, budget.capacity,
+                           "Lower train.num_workers/cpus_per_worker, set train.use_gpu=false, "
+                           "or add nodes.")
+        if error:
+            raise RuntimeError(error)
+        print(plan_line(stage, len(jobs), demand, budget.capacity), flush=True)
+
+    def admitted(job: TrainJob) -> dict:
+        if budget is None:
+            return _fit_one(cfg, layout, stage, job, run_hash)
+        with budget.hold(demand):
+            return _fit_one(cfg, layout, stage, job, run_hash)
+
     with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix=stage) as pool:
-        futures = {job.name: pool.submit(_fit_one, cfg, layout, stage, job, run_hash) for job in jobs}
+        futures = {job.name: pool.submit(admitted, job) for job in jobs}
         return {name: future.result() for name, future in futures.items()}
 
