@@ -17,6 +17,10 @@ import sys
 from typing import Optional
 
 
+# Commands that are not pipeline stages (every other subcommand is one, from the registry).
+TOOLS = ("run", "generate", "plan", "show-config")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pafo-ray", description="Pareto-fair personalized reward models on Ray.")

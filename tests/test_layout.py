@@ -146,13 +146,14 @@ def test_no_module_reads_a_summary_by_its_file_name():
 
 
 def test_cli_stage_subcommands_are_the_registry():
-    from pafo_ray.cli import make_parser
+    from pafo_ray.cli import TOOLS, make_parser
     from pafo_ray.layout import STAGE_FOLDERS
     from pafo_ray.stages.registry import ORDER
 
     sub = next(a for a in make_parser()._actions if a.dest == "command")
     commands = list(sub.choices)
-    stages = [c for c in commands if c not in ("run", "generate", "show-config")]
+    stages = [c for c in commands if c not in TOOLS]
+    assert set(commands) - set(stages) == set(TOOLS)
     assert stages == ORDER
     assert tuple(ORDER) == STAGE_FOLDERS
 
