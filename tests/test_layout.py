@@ -255,3 +255,41 @@ def test_the_three_training_entry_points_share_one_builder():
                   for c in ast.walk(node) if isinstance(c, ast.Call)}
         assert "build_model_and_rows" in called, function
         assert not called & {"manual_seed", "from_config", "build_rows", "user_map"}, function
+
+
+def test_layout_files_and_folders_on_s3(monkeypatch, tmp_path):
+    """The URI-taking verbs reach the same objects as RunDir's parts on an object store."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from pafo_ray.layout import RunLayout
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(key, "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1"
+                     ).create_bucket(Bucket="layout")
+        layout = RunLayout(f"s3://layout/runs?endpoint_override=127.0.0.1:{port}&scheme=http",
+                           "r1")
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        layout.save_folder(str(model), layout.teacher_model("minority"))
+        assert layout.has_teacher("minority") and not layout.has_teacher("majority")
+        copy = layout.fetch_folder(layout.teacher_model("minority"), str(tmp_path / "copy"))
+        assert (Path(copy) / "config.json").read_text() == "{}"
+        layout.write_file(layout.tune_file("front.csv"), b"a,b\n")
+        assert layout.read_bytes("tune", "front.csv") == b"a,b\n"
+        assert layout.local_path(layout.evaluate_dir()) is None
+    finally:
+        server.stop()
