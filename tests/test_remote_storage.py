@@ -353,7 +353,8 @@ def test_a_secret_in_a_uri_reaches_no_output_and_no_log(ray_session, s3, tmp_pat
     assert main(["show-config", *args]) == 0
     # The same secret as a query parameter: pyarrow refuses it, and the error names no secret.
     query_path = f"s3://{BUCKET}/secret-in?{s3.query}&secret_key={secret}"
-    assert main(["input", *args, f"data.path={query_path}", "run.run_name=q"]) == 1
+    assert main(["run", *args, f"data.path={query_path}", "run.run_name=q",
+                 "run.stages=[input]"]) == 1
     printed = capfd.readouterr()
     shown = f"s3://{BUCKET}/secret-in?{s3.query}"
     assert f"reading parquet at {shown}" in printed.out, printed.out
