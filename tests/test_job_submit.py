@@ -28,8 +28,11 @@ from conftest import REPO, small_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "1200"))
+JOB_TIMEOUT_S = int(os.environ.get("PAFO_TEST_JOB_TIMEOUT_S", "1800"))
 START_TIMEOUT_S = 240
+# Ray 2.60 gives a new raylet a hard-coded 30 s to register with the GCS; on a loaded machine
+# that start fails now and then, and a fresh try usually succeeds.
+HEAD_START_ATTEMPTS = int(os.environ.get("PAFO_TEST_HEAD_START_ATTEMPTS", "4"))
 
 
 def _free_ports(n: int) -> list:
@@ -192,11 +195,12 @@ def head_node(log_dir: Path, extra_env: Optional[dict] = None, num_cpus: int = 4
 
     Every port is given explicitly (free ones), so two heads on one machine cannot collide.
     On a busy machine Ray 2.60's raylet may die while its agents start (ray#65983: a
-    hard-coded wait for their port files); that start is retried once. ``extra_env``
+    hard-coded wait for their port files, or the raylet's 30 s to register); that start is
+    retried (``HEAD_START_ATTEMPTS``). ``extra_env``
     reaches every Ray process of the cluster (raylet, workers, job drivers).
     """
     failures = []
-    for attempt in range(2):
+    for attempt in range(HEAD_START_ATTEMPTS):
         try:
             cluster = _start_head(log_dir / f"ray_start_{attempt}.log", extra_env, num_cpus)
             break
@@ -261,7 +265,9 @@ def _logs(cluster, job_id: str, chars: int = 8000) -> str:
 # CPU = 12 CPUs wanted, 4 there; admission runs 2 at a time and queues the rest.
 CLUSTER_CPUS = 4
 REAL_WORKERS = {"train.num_workers": 1, "train.epochs": 2, "train.checkpoint_every": 2,
-                "tune.num_samples": 2, "tune.max_concurrent_trials": 2}
+                "train.select_regularization": False,
+                "tune.num_samples": 2, "tune.max_concurrent_trials": 2,
+                "tune.tune_baselines": False}
 
 
 def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path):
@@ -274,6 +280,7 @@ def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path
     job_id = _submit(ray_cluster, overrides, tmp_path)
     status = _wait(ray_cluster, job_id)
     logs = _logs(ray_cluster, job_id)
+    full_logs = _logs(ray_cluster, job_id, chars=10**8)
     assert status == JobStatus.SUCCEEDED, (
         f"job {job_id} ended {status} after {time.time() - began:.0f} s; logs:\n{logs}")
     report = storage / "job" / "evaluate" / "report.md"
@@ -288,8 +295,8 @@ def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path
     assert "report:" in logs, logs
     assert (storage / "job" / "tune" / "_SUCCESS.json").is_file(), logs
     # The plan line of the concurrent stages, and of the trials.
-    assert f"teachers ‖ baselines: 2 of 6 at once on {CLUSTER_CPUS} CPUs" in logs, logs
-    assert "tune trials: all 2 at once" in logs, logs
+    assert f"teachers ‖ baselines: 2 of 6 at once on {CLUSTER_CPUS} CPUs" in full_logs, logs
+    assert "tune trials: all 2 at once" in full_logs, logs
 
 
 def test_submitted_gpu_trainer_on_a_cpu_cluster_fails_at_once(ray_cluster, tmp_path):
