@@ -47,7 +47,8 @@ def make_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write the built-in synthetic dataset as parquet")
     gen.add_argument("out_dir")
     gen.add_argument("overrides", nargs="*", help="generator fields, e.g. num_users=1000")
-    show = sub.add_parser("show-config", help="print the bound config as YAML")
+    show = sub.add_parser("show-config", help="print the bound config as YAML, each key "
+                          "with its help as a comment")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
     return parser
@@ -66,9 +67,9 @@ def main(argv: Optional[list] = None) -> int:
         print(f"pafo-ray: config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "show-config":
-        import yaml
+        from pafo_ray.config_checks import annotated_yaml
 
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(annotated_yaml(cfg), end="")
         return 0
     if getattr(args, "force", False):
         cfg.run.force = True

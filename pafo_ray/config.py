@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -99,8 +100,8 @@ class PrepareConfig:
         "its mean training support is in the lowest user_quantile (found minority users in "
         "DESIGN §6 where row groups were label noise).")
     num_groups: int = _f(2, "Support buckets K (2: minority/majority).")
-    tau: list = _f([0.5], "Row-level support thresholds (K-1 ascending values).")
-    user_quantile: list = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
+    tau: list[float] = _f([0.5], "Row-level support thresholds (K-1 ascending values).")
+    user_quantile: list[float] = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
     val_fraction: float = _f(0.15, "Share of prompts in validation when the data has no split.")
     test_fraction: float = _f(0.15, "Share of prompts in test when the data has no split.")
     num_partitions: Optional[int] = _f(None, "Hash partitions of the vote shuffle (None: the cluster's CPUs — a "
@@ -171,8 +172,8 @@ class TrainConfig:
     select_regularization: bool = _f(True, "Frozen mode: pick weight_decay and "
                                      "model.user_shrinkage on validation accuracy of vanilla "
                                      "(stage `regularize`) and use them for every model.")
-    weight_decay_grid: list = _f([1e-4, 1e-2], "Candidates for weight_decay.")
-    user_shrinkage_grid: list = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
+    weight_decay_grid: list[float] = _f([1e-4, 1e-2], "Candidates for weight_decay.")
+    user_shrinkage_grid: list[float] = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
 
 
 @dataclass
@@ -286,6 +287,39 @@ class PipelineConfig:
 # ---------------------------------------------------------------- binding
 
 
+def _number_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` and ``1E-3`` as strings (it wants ``1.0e-3``); people type them."""
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
+def _as_int(value: Any, key: str) -> int:
+    number = _number_text(value)
+    if isinstance(number, float) and isinstance(value, str) and number.is_integer():
+        number = int(number)  # "1e6" typed for an integer
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return number
+
+
+def _as_float(value: Any, key: str) -> float:
+    number = _number_text(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(number)
+
+
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -305,13 +339,9 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        return _as_int(value, key)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _as_float(value, key)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -319,6 +349,15 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     if tp is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if args:  # list[float], list[str]: every item checked (and numbers read) as one
+            return [_check_value(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        if args:
+            return {_check_value(k, args[0], key): _check_value(v, args[1], f"{key}.{k}")
+                    for k, v in value.items()}
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
@@ -384,8 +423,18 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
     for text in overrides or []:
         key, value = parse_override(text)
         _set_path(tree, key, value)
-    return _bind(PipelineConfig, tree, "")
+    return _checked(_bind(PipelineConfig, tree, ""))
 
 
 def config_from_dict(tree: dict) -> PipelineConfig:
-    return _bind(PipelineConfig, tree, "")
+    return _checked(_bind(PipelineConfig, tree, ""))
+
+
+def _checked(cfg: PipelineConfig) -> PipelineConfig:
+    """Ranges and relations of the values (pafo_ray.config_checks), each failure naming its key."""
+    from pafo_ray.config_checks import check_ranges
+
+    problems = check_ranges(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
