@@ -1,7 +1,7 @@
 """``pafo-ray``: the whole pipeline, any single stage, or the synthetic data.
 
     pafo-ray run [--config my.yaml] [section.key=value ...]
-    pafo-ray prepare|embed|teachers|margins|baselines|tune|distill|evaluate [...]
+    pafo-ray input|prepare|embed|...|evaluate [...]   (missing upstream stages run first)
     pafo-ray generate OUT_DIR [generator overrides ...]
     pafo-ray show-config [--config my.yaml] [overrides]
 
@@ -16,6 +16,7 @@ import sys
 from typing import Optional
 
 STAGE_HELP = {
+    "input": "record the input files, or write the built-in / DSP / PersonalLLM rows",
     "prepare": "Ray Data: validate rows, support rates, groups, splits",
     "embed": "Ray Data actor pool: embed every distinct text once (frozen mode)",
     "regularize": "weight decay and user shrinkage chosen on vanilla's validation (frozen)",
@@ -79,7 +80,7 @@ def main(argv: Optional[list] = None) -> int:
 def _run(cfg, command: str) -> int:
     from pafo_ray.data.sources import DataValidationError
     from pafo_ray.ray_session import init_ray
-    from pafo_ray.stages.base import StageContext, apply_upstream, run_pipeline, run_stage
+    from pafo_ray.stages.base import StageContext, run_pipeline, run_with_upstream
 
     init_ray(cfg.run.ray)
     ctx = StageContext.create(cfg)
@@ -90,8 +91,7 @@ def _run(cfg, command: str) -> int:
             if report:
                 print(f"report: {report}")
         else:
-            apply_upstream(ctx)
-            run_stage(ctx, command, force=cfg.run.force)
+            run_with_upstream(ctx, command, force=cfg.run.force)
     except (DataValidationError, RuntimeError, ValueError) as exc:
         print(f"pafo-ray {command}: {exc}", file=sys.stderr)
         return 1

@@ -89,7 +89,8 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     for dep in module.DEPENDS:
         if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
             raise RuntimeError(f"stage '{name}' needs '{dep}', which has no complete output "
-                               f"for this config: run `pafo-ray {dep}` (or `pafo-ray run`) first")
+                               f"for this config: `pafo-ray {name}` runs the missing upstream "
+                               "stages first (so does `pafo-ray run`)")
     ctx.run_dir.start(name)
     began = time.time()
     summary = module.run(ctx)
@@ -121,6 +122,28 @@ def apply_upstream(ctx: StageContext) -> None:
         stage_hash(ctx, name)
         if is_done(ctx, name):
             _apply_updates(ctx, ctx.run_dir.read_json(name, "summary.json"))
+
+
+def upstream(cfg: PipelineConfig, name: str) -> list[str]:
+    """The active stages ``name`` reads, directly or not, in pipeline order (``name`` excluded)."""
+    seen: set = set()
+    todo = list(stage_module(name).DEPENDS)
+    while todo:
+        dep = todo.pop()
+        if dep in seen or not is_active(cfg, dep):
+            continue
+        seen.add(dep)
+        todo += stage_module(dep).DEPENDS
+    return [s for s in ORDER if s in seen]
+
+
+def run_with_upstream(ctx: StageContext, name: str, *, force: bool = False) -> dict:
+    """One stage by name on any run: its upstream stages first, in pipeline order, each
+    skipped when its output is complete (as ``run`` does); only ``name`` is forced."""
+    apply_upstream(ctx)
+    for dep in upstream(ctx.cfg, name):
+        run_stage(ctx, dep)
+    return run_stage(ctx, name, force=force)
 
 
 # Stages that read the same inputs and nothing of each other: run side by side, so their
