@@ -76,6 +76,18 @@ class DataConfig:
     path: Optional[str] = _f(None, "File, folder or glob (parquet/jsonl/dsp/personalllm); "
                              "a save_to_disk folder or hub name (hf).")
     hf_split: str = _f("train", "Split to read from a Hugging Face dataset dict.")
+    columns: dict[str, str] = _f({}, "Our column -> the file's column, e.g. {prompt: question, "
+                                 "chosen: pos, rejected: neg, user_id: uid} (OpenRLHF's "
+                                 "--prompt_key/--chosen_key/--rejected_key). Ours: user_id, "
+                                 "prompt, chosen, rejected, weight, support_rate, split, "
+                                 "user_type, margin.")
+    chat_template: Literal["auto", "none"] = _f(
+        "auto", "Conversational rows ({role, content} lists): auto renders them with "
+        "model.backbone's tokenizer chat template when it has one, else as 'role: content' "
+        "lines; none: always 'role: content' lines.")
+    prompt_boundary: str = _f("\n\nAssistant:", "Plain-string rows without a prompt column "
+                              "(hh-rlhf): the prompt is chosen's and rejected's shared start up "
+                              "to the last occurrence of this text; '' refuses such rows.")
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     # DSP / PersonalLLM converters simulate a user population on top of real text.
     sim_num_users: int = _f(500, "Simulated users (dsp, personalllm).")

@@ -106,6 +106,12 @@ LIST_RULES: dict[str, tuple[Rule, bool]] = {
 }
 
 
+# The input columns data.columns may map: schema.REQUIRED + schema.OPTIONAL (kept here so that
+# loading a config imports no pyarrow; a test checks they agree).
+MAPPABLE = ("user_id", "prompt", "chosen", "rejected", "weight", "support_rate", "split",
+            "user_type", "margin")
+
+
 def lookup(cfg: Any, key: str, default: Any = dataclasses.MISSING) -> Any:
     node = cfg
     for part in key.split("."):
@@ -137,6 +143,9 @@ def check_ranges(cfg: Any) -> list[str]:
                      if isinstance(v, (int, float)) and not test(v)]
         if ascending and any(b <= a for a, b in zip(values, values[1:])):
             problems.append(f"{key}: {values!r} must be ascending")
+    mapping = lookup(cfg, "data.columns", {})
+    problems += [f"data.columns.{k}: not a column of ours (ours: {', '.join(MAPPABLE)})"
+                 for k in mapping if k not in MAPPABLE]
     for section in ("prepare", "data.generator"):
         val = lookup(cfg, f"{section}.val_fraction", None)
         test = lookup(cfg, f"{section}.test_fraction", None)
