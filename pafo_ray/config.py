@@ -184,6 +184,10 @@ class TrainConfig:
     select_regularization: bool = _f(True, "Frozen mode: pick weight_decay and "
                                      "model.user_shrinkage on validation accuracy of vanilla "
                                      "(stage `regularize`) and use them for every model.")
+    use_margin: bool = _f(False, "Input rows with a 'margin' column (TRL/OpenRLHF): the BT "
+                          "term of every trainer on r(chosen) - r(rejected) - margin, as their "
+                          "reward trainers do (a row without one: 0). Off: the column is kept "
+                          "but not used.")
     weight_decay_grid: list[float] = _f([1e-4, 1e-2], "Candidates for weight_decay.")
     user_shrinkage_grid: list[float] = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
 

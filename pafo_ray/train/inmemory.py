@@ -55,7 +55,7 @@ def read_frame(uri: str, columns: Optional[list] = None) -> pd.DataFrame:
 # not the texts (the cache holds their embeddings). At millions of rows the texts would be most
 # of the memory, and every trial receives this data through the object store.
 _STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "weight",
-                    "group", "user_group", "labelled", "extra_rank"]
+                    "group", "user_group", "labelled", "extra_rank", "margin"]
 
 
 def _student_frame(uri: str) -> pd.DataFrame:
@@ -124,7 +124,8 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
             frame = frame[frame["labelled"].fillna(True).astype(bool)]
     model = RewardModel.from_config(cfg.model, data.users, input_dim=int(data.cache.vectors.shape[1]))
     umap = user_map(model.user_ids)
-    train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache)
+    train_rows = build_rows(frame, users=umap, group_names=names, cache=data.cache,
+                            label_margin=cfg.train.use_margin)
     val_rows = build_rows(data.val, users=umap, group_names=names, cache=data.cache)
     scorer = PairScorer(model)
     if device is not None:
@@ -163,7 +164,7 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
                                     input_dim=int(cache.vectors.shape[1]))
     umap = user_map(model.user_ids)
     train = build_rows(read_frame(run_dir.uri("prepare", "data", "split=train")), users=umap,
-                       group_names=names, cache=cache)
+                       group_names=names, cache=cache, label_margin=cfg.train.use_margin)
     val = build_rows(read_frame(run_dir.uri("prepare", "data", "split=val")), users=umap,
                      group_names=names, cache=cache)
     objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})

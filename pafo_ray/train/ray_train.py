@@ -111,7 +111,7 @@ def train_func(config: dict) -> None:
     model = build_model(cfg, users, cache, job.get("init_from"))
     umap = user_map(model.user_ids)
     train_rows = build_rows(train_frame, users=umap, group_names=names, cache=cache,
-                            encoder=model.encoder)
+                            encoder=model.encoder, label_margin=cfg.train.use_margin)
     val_rows = build_rows(val_frame, users=umap, group_names=names, cache=cache,
                           encoder=model.encoder)
     scorer = ray.train.torch.prepare_model(PairScorer(model))
