@@ -40,6 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config (sections as in pafo_ray/config.py)")
         p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5")
         p.add_argument("--force", action="store_true", help="rerun even if output is complete")
+        p.add_argument("-v", "--verbose", action="store_true", help="show Ray's, Ray Data's, "
+                       "Train's and Tune's output too (always in <run>/logs/pafo.log)")
         return p
 
     add("run", "the whole pipeline (default: built-in synthetic data, local Ray)")
@@ -74,28 +76,46 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if getattr(args, "force", False):
         cfg.run.force = True
-    return _run(cfg, args.command)
+    from pafo_ray import console
+
+    log = console.log_path(cfg.run.storage_path, cfg.run.run_name)
+    with console.quiet(log, verbose=args.verbose):
+        console.say(f"pafo-ray {args.command}: run {cfg.run.run_name}, log {log}")
+        code, error, last = _run(cfg, args.command)
+    if error:
+        print(f"pafo-ray {args.command}: {error}\n(details: {log})", file=sys.stderr)
+    for line in last:
+        print(line, flush=True)
+    return code
 
 
-def _run(cfg, command: str) -> int:
+def _run(cfg, command: str) -> tuple:
+    """(exit code, error message or None, the lines to print last)."""
+    import ray
+
+    from pafo_ray.console import headline_lines
     from pafo_ray.data.sources import DataValidationError
     from pafo_ray.ray_session import init_ray
     from pafo_ray.stages.base import StageContext, run_pipeline, run_with_upstream
 
+    started = not ray.is_initialized()
     init_ray(cfg.run.ray)
     ctx = StageContext.create(cfg)
+    last: list = []
     try:
         if command == "run":
             results = run_pipeline(ctx, cfg.run.stages or None)
-            report = results.get("evaluate", {}).get("report")
-            if report:
-                print(f"report: {report}")
+            evaluate = results.get("evaluate", {})
+            if evaluate.get("report"):
+                last = headline_lines(evaluate) + [f"report: {evaluate['report']}"]
         else:
             run_with_upstream(ctx, command, force=cfg.run.force)
     except (DataValidationError, RuntimeError, ValueError) as exc:
-        print(f"pafo-ray {command}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 1, str(exc), last
+    finally:
+        if started:  # inside the redirection: Ray's shutdown messages go to the log too
+            ray.shutdown()
+    return 0, None, last
 
 
 def _generate(args) -> int:

@@ -34,7 +34,8 @@ class RayConfig:
     num_cpus: Optional[int] = _f(None, "Logical CPUs for a local Ray (None: all cores, at least 8).")
     num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
     object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
-    progress_bars: bool = _f(True, "Show Ray Data progress bars.")
+    progress_bars: bool = _f(True, "Ray Data progress bars (in <run>/logs/pafo.log; on the "
+                             "terminal too with -v).")
     parquet_reader_v2: bool = _f(False, "Read parquet through Ray Data's DataSourceV2 (2.60's "
                                  "default). Off: the V1 reader, 3-8 s less per read here.")
 

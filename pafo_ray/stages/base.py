@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from pafo_ray.config import PipelineConfig
+from pafo_ray.console import say, stage_finished, stage_started
 from pafo_ray.storage import RunDir
 
 log = logging.getLogger("pafo_ray")
@@ -83,7 +84,7 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     digest = stage_hash(ctx, name)
     if not force and ctx.run_dir.is_complete(name, digest):
         summary = ctx.run_dir.read_json(name, "summary.json")
-        print(f"[{name}] done already ({ctx.run_dir.uri(name)}), skipped", flush=True)
+        say(f"[{name}] done already ({ctx.run_dir.uri(name)}), skipped")
         _apply_updates(ctx, summary)
         return summary
     for dep in module.DEPENDS:
@@ -93,12 +94,16 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
                                "stages first (so does `pafo-ray run`)")
     ctx.run_dir.start(name)
     began = time.time()
-    summary = module.run(ctx)
+    stage_started(name)
+    try:
+        summary = module.run(ctx)
+    finally:
+        stage_finished(name)
     summary["seconds"] = round(time.time() - began, 2)
     ctx.run_dir.write_json(summary, name, "summary.json")
     ctx.run_dir.mark_complete(name, digest)
-    print(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
-          f"-> {ctx.run_dir.uri(name)}", flush=True)
+    say(f"[{name}] {module.describe(summary)} in {summary['seconds']:.1f} s "
+        f"-> {ctx.run_dir.uri(name)}")
     _apply_updates(ctx, summary)
     return summary
 
