@@ -1,7 +1,8 @@
 """``pafo-ray``: the whole pipeline, any single stage, or the synthetic data.
 
     pafo-ray run [--config my.yaml] [section.key=value ...]
-    pafo-ray <stage> [...]      (one stage: pafo_ray/stages/registry.py lists them, in order)
+    pafo-ray <stage> [...]      (one stage, its missing upstream stages first;
+                                 pafo_ray/stages/registry.py lists them, in order)
     pafo-ray generate OUT_DIR [generator overrides ...]
     pafo-ray show-config [--config my.yaml] [overrides]
     pafo-ray plan [--config my.yaml] [overrides]   # resources per stage vs the cluster
@@ -15,7 +16,6 @@ import argparse
 import logging
 import sys
 from typing import Optional
-
 
 # Commands that are not pipeline stages (every other subcommand is one, from the registry).
 TOOLS = ("run", "generate", "plan", "show-config")
@@ -35,6 +35,8 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--wait", type=float, metavar="SECONDS", default=None,
                        help="another run holds this run directory: wait up to SECONDS for it "
                        "(default run.lock_wait_s=0: fail at once, naming the holder)")
+        p.add_argument("-v", "--verbose", action="store_true", help="show Ray's, Ray Data's, "
+                       "Train's and Tune's output too (always in <run>/logs/pafo.log)")
         return p
 
     from pafo_ray.stages.registry import STAGES
@@ -49,7 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
                           "the cluster, and what runs at once")
     plan.add_argument("--config")
     plan.add_argument("overrides", nargs="*")
-    show = sub.add_parser("show-config", help="print the bound config as YAML")
+    show = sub.add_parser("show-config", help="print the bound config as YAML, each key "
+                          "with its help as a comment")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
     return parser
@@ -59,22 +62,19 @@ def main(argv: Optional[list] = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from pafo_ray.config import ConfigError, load_config
+    from pafo_ray.redact import redact_text
 
     try:
         if args.command == "generate":
             return _generate(args)
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        from pafo_ray.redact import redact_text
-
         print(f"pafo-ray: config error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     if args.command == "show-config":
-        import yaml
+        from pafo_ray.config_checks import annotated_yaml
 
-        from pafo_ray.redact import redact_tree
-
-        print(yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False))
+        print(redact_text(annotated_yaml(cfg)), end="")
         return 0
     if args.command == "plan":
         return _plan(cfg)
@@ -82,18 +82,34 @@ def main(argv: Optional[list] = None) -> int:
         cfg.run.force = True
     if getattr(args, "wait", None) is not None:
         cfg.run.lock_wait_s = args.wait
-    return _run(cfg, args.command)
+    from pafo_ray import console
+
+    log = console.log_path(cfg.run.storage_path, cfg.run.run_name)
+    with console.quiet(log, verbose=args.verbose):
+        console.say(f"pafo-ray {args.command}: run {cfg.run.run_name}, log {log}")
+        code, error, last = _run(cfg, args.command)
+    if error:
+        print(f"pafo-ray {args.command}: {redact_text(error)}\n(details: {log})", file=sys.stderr)
+    for line in last:
+        print(redact_text(line), flush=True)
+    return code
 
 
-def _run(cfg, command: str) -> int:
+def _run(cfg, command: str) -> tuple:
+    """(exit code, error message or None, the lines to print last)."""
+    import ray
+
+    from pafo_ray.console import headline_lines
     from pafo_ray.data.sources import DataValidationError
     from pafo_ray.ray_session import init_ray
-    from pafo_ray.redact import install_log_filter, redact_text
+    from pafo_ray.redact import install_log_filter
     from pafo_ray.runlock import RunLocked, hold
-    from pafo_ray.stages.base import StageContext, apply_upstream, run_pipeline, run_stage
+    from pafo_ray.stages.base import StageContext, run_pipeline, run_with_upstream
 
     install_log_filter()
     ctx = StageContext.create(cfg)
+    started = not ray.is_initialized()
+    last: list = []
     try:
         # One writer per run directory, taken before Ray starts so a second run fails fast.
         with hold(ctx.run_dir, cfg.run, f"pafo-ray {command}"):
@@ -102,19 +118,19 @@ def _run(cfg, command: str) -> int:
             _preflight(cfg, command)
             if command == "run":
                 results = run_pipeline(ctx, cfg.run.stages or None)
-                report = results.get("evaluate", {}).get("report")
-                if report:
-                    print(f"report: {redact_text(report)}")
+                evaluate = results.get("evaluate", {})
+                if evaluate.get("report"):
+                    last = headline_lines(evaluate) + [f"report: {evaluate['report']}"]
             else:
-                apply_upstream(ctx)
-                run_stage(ctx, command, force=cfg.run.force)
+                run_with_upstream(ctx, command, force=cfg.run.force)
     except RunLocked as exc:
-        print(f"pafo-ray {command}: {redact_text(str(exc))}", file=sys.stderr)
-        return 3
+        return 3, str(exc), last
     except (DataValidationError, RuntimeError, ValueError) as exc:
-        print(f"pafo-ray {command}: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
-    return 0
+        return 1, str(exc), last
+    finally:
+        if started and ray.is_initialized():  # inside the redirection: shutdown lines go to the log
+            ray.shutdown()
+    return 0, None, last
 
 
 def _stages(cfg, command: str) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -33,7 +34,8 @@ class RayConfig:
     num_cpus: Optional[int] = _f(None, "Logical CPUs for a local Ray (None: all cores, at least 8).")
     num_gpus: Optional[int] = _f(None, "GPUs for a local Ray (None: autodetect).")
     object_store_memory_mb: Optional[int] = _f(None, "Object store size for a local Ray.")
-    progress_bars: bool = _f(True, "Show Ray Data progress bars.")
+    progress_bars: bool = _f(True, "Ray Data progress bars (in <run>/logs/pafo.log; on the "
+                             "terminal too with -v).")
     max_cpus: Optional[float] = _f(None, "CPUs an autoscaler may grow the cluster to (e.g. KubeRay "
                                    "maxReplicas x CPUs per pod): admission plans with it. None: "
                                    "no autoscaling, plan with the CPUs the cluster has.")
@@ -92,6 +94,18 @@ class DataConfig:
     path: Optional[str] = _f(None, "File, folder or glob (parquet/jsonl/dsp/personalllm); "
                              "a save_to_disk folder or hub name (hf).")
     hf_split: str = _f("train", "Split to read from a Hugging Face dataset dict.")
+    columns: dict[str, str] = _f({}, "Our column -> the file's column, e.g. {prompt: question, "
+                                 "chosen: pos, rejected: neg, user_id: uid} (OpenRLHF's "
+                                 "--prompt_key/--chosen_key/--rejected_key). Ours: user_id, "
+                                 "prompt, chosen, rejected, weight, support_rate, split, "
+                                 "user_type, margin.")
+    chat_template: Literal["auto", "none"] = _f(
+        "auto", "Conversational rows ({role, content} lists): auto renders them with "
+        "model.backbone's tokenizer chat template when it has one, else as 'role: content' "
+        "lines; none: always 'role: content' lines.")
+    prompt_boundary: str = _f("\n\nAssistant:", "Plain-string rows without a prompt column "
+                              "(hh-rlhf): the prompt is chosen's and rejected's shared start up "
+                              "to the last occurrence of this text; '' refuses such rows.")
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     # DSP / PersonalLLM converters simulate a user population on top of real text.
     sim_num_users: int = _f(500, "Simulated users (dsp, personalllm).")
@@ -116,8 +130,8 @@ class PrepareConfig:
         "its mean training support is in the lowest user_quantile (found minority users in "
         "DESIGN §6 where row groups were label noise).")
     num_groups: int = _f(2, "Support buckets K (2: minority/majority).")
-    tau: list = _f([0.5], "Row-level support thresholds (K-1 ascending values).")
-    user_quantile: list = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
+    tau: list[float] = _f([0.5], "Row-level support thresholds (K-1 ascending values).")
+    user_quantile: list[float] = _f([0.2], "User-level quantile cut points (K-1 ascending values).")
     val_fraction: float = _f(0.15, "Share of prompts in validation when the data has no split.")
     test_fraction: float = _f(0.15, "Share of prompts in test when the data has no split.")
     num_partitions: Optional[int] = _f(None, "Hash partitions of the vote shuffle (None: the cluster's CPUs — a "
@@ -194,8 +208,12 @@ class TrainConfig:
     select_regularization: bool = _f(True, "Frozen mode: pick weight_decay and "
                                      "model.user_shrinkage on validation accuracy of vanilla "
                                      "(stage `regularize`) and use them for every model.")
-    weight_decay_grid: list = _f([1e-4, 1e-2], "Candidates for weight_decay.")
-    user_shrinkage_grid: list = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
+    use_margin: bool = _f(False, "Input rows with a 'margin' column (TRL/OpenRLHF): the BT "
+                          "term of every trainer on r(chosen) - r(rejected) - margin, as their "
+                          "reward trainers do (a row without one: 0). Off: the column is kept "
+                          "but not used.")
+    weight_decay_grid: list[float] = _f([1e-4, 1e-2], "Candidates for weight_decay.")
+    user_shrinkage_grid: list[float] = _f([1e-3, 1e-1], "Candidates for model.user_shrinkage.")
 
 
 @dataclass
@@ -309,6 +327,39 @@ class PipelineConfig:
 # ---------------------------------------------------------------- binding
 
 
+def _number_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` and ``1E-3`` as strings (it wants ``1.0e-3``); people type them."""
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
+def _as_int(value: Any, key: str) -> int:
+    number = _number_text(value)
+    if isinstance(number, float) and isinstance(value, str) and number.is_integer():
+        number = int(number)  # "1e6" typed for an integer
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return number
+
+
+def _as_float(value: Any, key: str) -> float:
+    number = _number_text(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(number)
+
+
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -328,13 +379,9 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        return _as_int(value, key)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _as_float(value, key)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -342,6 +389,15 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     if tp is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if args:  # list[float], list[str]: every item checked (and numbers read) as one
+            return [_check_value(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        if args:
+            return {_check_value(k, args[0], key): _check_value(v, args[1], f"{key}.{k}")
+                    for k, v in value.items()}
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
@@ -407,11 +463,11 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
     for text in overrides or []:
         key, value = parse_override(text)
         _set_path(tree, key, value)
-    return _bind(PipelineConfig, tree, "")
+    return _checked(_bind(PipelineConfig, tree, ""))
 
 
 def config_from_dict(tree: dict) -> PipelineConfig:
-    return _bind(PipelineConfig, tree, "")
+    return _checked(_bind(PipelineConfig, tree, ""))
 
 
 def generator_config(overrides: Optional[list] = None) -> GeneratorConfig:
@@ -424,3 +480,13 @@ def check_value(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against a field type (``key`` names it in the error); the search
     space binds its entries with the config's own rules."""
     return _check_value(value, tp, key)
+
+
+def _checked(cfg: PipelineConfig) -> PipelineConfig:
+    """Ranges and relations of the values (pafo_ray.config_checks), each failure naming its key."""
+    from pafo_ray.config_checks import check_ranges
+
+    problems = check_ranges(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg

@@ -16,17 +16,23 @@ from torch import nn
 DistillKind = Literal["mse", "kl"]
 
 
-def bradley_terry_loss(margin: torch.Tensor) -> torch.Tensor:
+def bradley_terry_loss(margin: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley–Terry negative log-likelihood of the label, per row.
 
     ``BT(m) = −log σ(m) = log(1 + e^{−m})``, computed with ``logsigmoid`` so that it is
     finite (≈ |m| for m ≪ 0, ≈ 0 for m ≫ 0) and has finite gradients for any |m|.
+    With ``offset`` (a dataset's ``margin`` column, ``train.use_margin``): ``BT(m − offset)``,
+    as TRL's RewardTrainer and OpenRLHF's PairWiseLoss use it — the chosen response must win
+    by at least that much before the loss flattens.
 
     Args:
         margin: ``[batch]`` r(chosen) − r(rejected).
+        offset: ``[batch]`` or None (0).
     Returns:
         ``[batch]``.
     """
+    if offset is not None:
+        margin = margin - offset
     return -F.logsigmoid(margin)
 
 
@@ -119,6 +125,7 @@ def pafo_student_loss(
     temperature: float = 1.0,
     clip: float | None = None,
     label_mask: torch.Tensor | None = None,
+    label_offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PAFO student objective on one batch.
 
@@ -140,6 +147,7 @@ def pafo_student_loss(
         lam: ``λ ≥ 0``.
         kind, temperature, clip: see :func:`distill_loss`.
         label_mask: ``[batch]`` 0/1, rows that carry a label (None: all).
+        label_offset: ``[batch]`` the data's margin for the BT term only (None: 0).
     Returns:
         ``(loss, metrics)``: a scalar with grad, and detached floats ``loss``, ``bt``,
         ``distill``, ``distill_fraction`` (share of rows masked in) and ``accuracy``
@@ -157,7 +165,7 @@ def pafo_student_loss(
     safe_teacher = torch.where(mask, teacher_margin, student_margin.detach())
     distance = distill_loss(student_margin, safe_teacher, kind, temperature, clip)
     distance = torch.where(mask, distance, torch.zeros_like(distance))
-    bt_per_row = bradley_terry_loss(student_margin)
+    bt_per_row = bradley_terry_loss(student_margin, label_offset)
     if label_mask is not None:
         bt_per_row = torch.where(label_mask.to(torch.bool), bt_per_row, torch.zeros_like(bt_per_row))
     bt = weighted_mean(bt_per_row, row_weight)

@@ -54,12 +54,11 @@ def expand_paths(path: str, suffixes: tuple[str, ...]) -> list[str]:
 def plan_chunks(source: str, path: str, hf_split: str = "train") -> list[dict]:
     """Chunks of the input: one per parquet row group, per jsonl file, per hf slice."""
     if source == "parquet":
-        import pyarrow.parquet as pq
 
         files = expand_paths(path, (".parquet",))
         chunks = []
         for file_index, file in enumerate(files):
-            meta = pq.ParquetFile(_open(file)).metadata
+            meta = _parquet_file(file).metadata
             offset = 0
             for rg in range(meta.num_row_groups):
                 chunks.append({"kind": "parquet", "path": file, "file_index": file_index,
@@ -94,9 +93,11 @@ def read_chunk(chunk: dict, provenance: bool = True) -> pa.Table:
     """
     kind = chunk["kind"]
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(_open(chunk["path"])).read_row_group(chunk["row_group"])
+        try:
+            table = _parquet_file(chunk["path"]).read_row_group(chunk["row_group"])
+        except (OSError, pa.ArrowException) as exc:
+            raise DataValidationError(f"{chunk['path']}: cannot read row group "
+                                      f"{chunk['row_group']} ({exc})") from exc
     elif kind == "jsonl":
         table = _read_jsonl(chunk["path"])
     elif kind == "hf":
@@ -126,29 +127,71 @@ def _open(path: str):
     return path
 
 
+def _parquet_file(path: str):
+    """``pq.ParquetFile`` whose failures (empty file, not parquet, truncated) name the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(_open(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise DataValidationError(f"{path}: not a readable parquet file ({exc}); remove it "
+                                  "from the folder or point data.path at the good files") from exc
+
+
+def _file_size(path: str) -> int:
+    if "://" in path:
+        from pyarrow import fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs.get_file_info(inner).size or 0
+    return os.path.getsize(path)
+
+
+JSONL_BLOCK_BYTES = 1 << 20  # pyarrow's default block: a longer line fails to parse in it
+
+
 def _read_jsonl(path: str) -> pa.Table:
-    """pyarrow's fast reader; on a parse error, find and name the bad line."""
+    """pyarrow's fast reader; a line longer than its 1 MiB block is read with a block of the
+    whole file; on a real parse error, find and name the bad line."""
     import pyarrow.json as pajson
 
     try:
         return pajson.read_json(_open(path))
     except pa.ArrowInvalid as exc:
-        bad = _first_bad_json_line(path)
-        where = f"line {bad[0]}: {bad[1]}" if bad else str(exc)
-        raise DataValidationError(f"{path}: not valid JSON lines ({where})") from exc
+        error = exc
+    bad = _first_bad_json_line(path)
+    size = _file_size(path)
+    if bad is None and size >= JSONL_BLOCK_BYTES:  # every line parses alone: a long line
+        options = pajson.ReadOptions(block_size=min(size + 1, 2**31 - 1))
+        try:
+            return pajson.read_json(_open(path), read_options=options)
+        except pa.ArrowInvalid as exc:
+            error = exc
+    where = f"line {bad[0]}: {bad[1]}" if bad else str(error)
+    raise DataValidationError(f"{path}: not valid JSON lines ({where})") from error
 
 
 def _first_bad_json_line(path: str) -> Optional[tuple[int, str]]:
-    with open(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                return number, exc.msg
-            if not isinstance(value, dict):
-                return number, "expected a JSON object"
+    opened = _open(path)
+    if not isinstance(opened, str):  # remote: pyarrow's stream, read as text
+        import io
+
+        with io.TextIOWrapper(opened, encoding="utf-8") as fh:
+            return _scan_json_lines(fh)
+    with open(path, encoding="utf-8") as fh:
+        return _scan_json_lines(fh)
+
+
+def _scan_json_lines(fh) -> Optional[tuple[int, str]]:
+    for number, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return number, exc.msg
+        if not isinstance(value, dict):
+            return number, "expected a JSON object"
     return None
 
 

@@ -1,7 +1,7 @@
 """Row checks of ``prepare``: every input row ends either valid or set aside with a reason.
 
 ``validate_table`` is vectorised (pyarrow compute) and runs inside Ray Data tasks. In
-strict mode the first bad row raises :class:`DataValidationError` naming file, row and
+strict mode the chunk's first bad row (in file order) raises :class:`DataValidationError` naming file, row and
 field; otherwise the row keeps flowing with ``set_aside_reason`` set, and ``prepare``
 writes it under ``split=set_aside`` so nothing is lost.
 """
@@ -78,12 +78,14 @@ def validate_table(table: pa.Table, *, strict: bool, split_seed: int, val_fracti
     reason = np.full(n, "", dtype=object)
     detail = np.full(n, "", dtype=object)
 
+    first_bad: list = []  # strict: (row index, field, what) of each check's first new bad row
+
     def flag(mask: np.ndarray, name: str, field: str, what: str, raw=None) -> None:
         fresh = mask & (reason == "")
         if not fresh.any():
             return
         if strict:
-            raise _problem(table, int(np.argmax(fresh)), field, what)
+            first_bad.append((int(np.argmax(fresh)), field, what))
         reason[fresh] = name
         if raw is not None:
             detail[fresh] = [str(raw[i]) for i in np.flatnonzero(fresh)]
@@ -126,6 +128,8 @@ def validate_table(table: pa.Table, *, strict: bool, split_seed: int, val_fracti
         flag(bad, "bad_split", "split", f"is not one of {SPLITS}", raw=split)
     else:
         split = assign_split(keys["prompts"], split_seed, val_fraction, test_fraction)
+    if first_bad:  # strict: the first bad row in file order, with its first problem
+        raise _problem(table, *min(first_bad))
     optional = {}
     for name in ("user_type",):
         optional[name] = (_as_string(table.column(name)) if name in table.column_names

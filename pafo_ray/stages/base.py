@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from pafo_ray.config import PipelineConfig
+from pafo_ray.console import say, stage_finished, stage_started
 from pafo_ray.layout import RunLayout
 from pafo_ray.redact import redact_tree, redact_uri
 from pafo_ray.stages.registry import CONCURRENT, ORDER, depends, is_active
@@ -77,24 +78,28 @@ def run_stage(ctx: StageContext, name: str, *, force: bool = False) -> dict:
     digest = stage_hash(ctx, name)
     if not force and ctx.run_dir.is_complete(name, digest):
         summary = ctx.run_dir.summary(name)
-        print(f"[{name}] done already ({redact_uri(ctx.run_dir.stage_dir(name))}), skipped",
-              flush=True)
+        say(f"[{name}] done already ({redact_uri(ctx.run_dir.stage_dir(name))}), skipped")
         _apply_updates(ctx, summary)
         return summary
     for dep in depends(name):
         if is_active(ctx.cfg, dep) and not is_done(ctx, dep):
             raise RuntimeError(f"stage '{name}' needs '{dep}', which has no complete output "
-                               f"for this config: run `pafo-ray {dep}` (or `pafo-ray run`) first")
+                               f"for this config: `pafo-ray {name}` runs the missing upstream "
+                               "stages first (so does `pafo-ray run`)")
     invalidate_dependents(ctx, name)
     ctx.run_dir.start(name)
     began = time.time()
-    summary = module.run(ctx)
+    stage_started(name)
+    try:
+        summary = module.run(ctx)
+    finally:
+        stage_finished(name)
     summary["seconds"] = round(time.time() - began, 2)
     recorded = redact_tree(summary)
     ctx.run_dir.write_summary(name, recorded)
     ctx.run_dir.mark_complete(name, digest)
-    print(f"[{name}] {module.describe(recorded)} in {summary['seconds']:.1f} s "
-          f"-> {redact_uri(ctx.run_dir.stage_dir(name))}", flush=True)
+    say(f"[{name}] {module.describe(recorded)} in {summary['seconds']:.1f} s "
+        f"-> {redact_uri(ctx.run_dir.stage_dir(name))}")
     _apply_updates(ctx, summary)
     return summary
 
@@ -133,6 +138,29 @@ def apply_upstream(ctx: StageContext) -> None:
         stage_hash(ctx, name)
         if is_done(ctx, name):
             _apply_updates(ctx, ctx.run_dir.summary(name))
+
+
+def upstream(cfg: PipelineConfig, name: str) -> list[str]:
+    """The active stages ``name`` reads, directly or not, in pipeline order (``name`` excluded)."""
+    seen: set = set()
+    todo = list(depends(name))
+    while todo:
+        dep = todo.pop()
+        if dep in seen or not is_active(cfg, dep):
+            continue
+        seen.add(dep)
+        todo += depends(dep)
+    return [s for s in ORDER if s in seen]
+
+
+def run_with_upstream(ctx: StageContext, name: str, *, force: bool = False) -> dict:
+    """One stage by name on any run: its upstream stages first, in pipeline order, each
+    skipped when its output is complete (as ``run`` does); only ``name`` is forced."""
+    apply_upstream(ctx)
+    for dep in upstream(ctx.cfg, name):
+        run_stage(ctx, dep)
+    return run_stage(ctx, name, force=force)
+
 
 
 def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:

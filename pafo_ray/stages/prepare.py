@@ -43,7 +43,24 @@ NAME = "prepare"
 SECTIONS = ("data", "prepare")
 
 
-def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction) -> list:
+def formats_of(cfg) -> dict:
+    """How :func:`pafo_ray.data.formats.normalize_preferences` reads the input's columns."""
+    data = cfg.data
+    return dict(columns=dict(data.columns), prompt_boundary=data.prompt_boundary,
+                chat_backbone=cfg.model.backbone if data.chat_template == "auto" else None)
+
+
+def hash_payload(cfg) -> str:
+    """data + prepare; a conversational input is rendered with the backbone's chat template,
+    so a file input's prepared rows follow model.backbone too (with data.chat_template=auto)."""
+    own = cfg.section_hash("data", "prepare")
+    if cfg.data.source in ("parquet", "jsonl", "hf") and cfg.data.chat_template == "auto":
+        own += "|" + cfg.model.backbone
+    return own
+
+
+def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_fraction,
+                    formats=None) -> list:
     """Every chunk of ``batch`` read and validated, one table per chunk."""
     from pafo_ray.data.formats import normalize_preferences
     from pafo_ray.data.sources import read_chunk
@@ -54,7 +71,7 @@ def _read_validated(batch: pa.Table, *, strict, split_seed, val_fraction, test_f
         chunk = {k: v for k, v in chunk.items() if v is not None}
         raw = read_chunk(chunk)
         try:
-            raw = normalize_preferences(raw, source=redact_uri(chunk["path"]))
+            raw = normalize_preferences(raw, source=redact_uri(chunk["path"]), **(formats or {}))
         except ValueError as exc:  # a format problem: same error type as every other bad input
             raise DataValidationError(str(exc)) from None
         tables.append(validate_table(raw, strict=strict, split_seed=split_seed,
@@ -237,7 +254,7 @@ def run(ctx: StageContext) -> dict:
     partitions = prep.num_partitions or _partitions(chunks, prep.rows_per_partition)
 
     validate = dict(strict=prep.strict, split_seed=cfg.run.seed, val_fraction=prep.val_fraction,
-                    test_fraction=prep.test_fraction)
+                    test_fraction=prep.test_fraction, formats=formats_of(cfg))
     user_level = prep.group_level == "user"
     chunks_ds = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks)))
     label = dict(level=prep.group_level, tau=prep.tau, names=names)

@@ -32,6 +32,7 @@ class Rows:
     teacher_margin: Optional[torch.Tensor] = None  # [n] float, NaN = no target
     distill_mask: Optional[torch.Tensor] = None    # [n] float in {0, 1}
     label_mask: Optional[torch.Tensor] = None      # [n] float in {0, 1}; 0 = unlabelled row
+    label_margin: Optional[torch.Tensor] = None    # [n] float: the data's margin (use_margin)
     extra: dict = field(default_factory=dict)      # numpy columns kept for reporting
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class Rows:
         return Rows(**{name: pick(getattr(self, name)) for name in
                        ("user_index", "group_index", "weight", "chosen_index", "rejected_index",
                         "chosen_tokens", "rejected_tokens", "teacher_margin", "distill_mask",
-                        "label_mask")})
+                        "label_mask", "label_margin")})
 
 
 @dataclass
@@ -95,8 +96,9 @@ def _tensor(series: pd.Series, dtype) -> torch.Tensor:
 
 
 def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
-               cache: Optional[Cache] = None, encoder=None) -> Rows:
-    """Tensors for ``frame`` (prepared rows, optionally with teacher targets)."""
+               cache: Optional[Cache] = None, encoder=None, label_margin: bool = False) -> Rows:
+    """Tensors for ``frame`` (prepared rows, optionally with teacher targets).
+    ``label_margin``: the rows' ``margin`` column (missing values 0) offsets their BT term."""
     user_index = _tensor(frame["user_id"].map(users).fillna(-1), np.int64)
     index = {name: i for i, name in enumerate(group_names)}
     unknown = set(frame["group"].unique()) - set(index)
@@ -118,6 +120,8 @@ def build_rows(frame: pd.DataFrame, *, users: dict, group_names: list,
         rows.distill_mask = _tensor(frame["distill_mask"], np.float32)
     if "labelled" in frame and not frame["labelled"].fillna(True).astype(bool).all():
         rows.label_mask = _tensor(frame["labelled"].fillna(True), np.float32)
+    if label_margin and "margin" in frame:
+        rows.label_margin = _tensor(frame["margin"].astype(float).fillna(0.0), np.float32)
     rows.extra = {c: frame[c].to_numpy() for c in ("row_id", "user_id") if c in frame}
     return rows
 

@@ -25,9 +25,11 @@ def build_model(model_cfg, users: list, cache, init_from: Optional[str] = None):
 
 
 def build_model_and_rows(model_cfg, users: list, cache, train: pd.DataFrame, val: pd.DataFrame,
-                         *, group_names: list, seed: int, init_from: Optional[str] = None):
+                         *, group_names: list, seed: int, init_from: Optional[str] = None,
+                         label_margin: bool = False):
     """``(model, train rows, val rows)``: the model seeded with ``seed`` (the same init on
-    every worker and every rerun) and the tensors of both frames for it."""
+    every worker and every rerun) and the tensors of both frames for it. ``label_margin``:
+    the training rows carry the data's ``margin`` column (``train.use_margin``)."""
     import torch
 
     from pafo_ray.train.arrays import build_rows, user_map
@@ -35,6 +37,8 @@ def build_model_and_rows(model_cfg, users: list, cache, train: pd.DataFrame, val
     torch.manual_seed(seed)
     model = build_model(model_cfg, users, cache, init_from)
     umap = user_map(model.user_ids)
-    train_rows, val_rows = (build_rows(frame, users=umap, group_names=group_names, cache=cache,
-                                       encoder=model.encoder) for frame in (train, val))
+    train_rows = build_rows(train, users=umap, group_names=group_names, cache=cache,
+                            encoder=model.encoder, label_margin=label_margin)
+    val_rows = build_rows(val, users=umap, group_names=group_names, cache=cache,
+                          encoder=model.encoder)
     return model, train_rows, val_rows

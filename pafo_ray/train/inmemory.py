@@ -32,7 +32,7 @@ class StudentData:
 # not the texts (the cache holds their embeddings). At millions of rows the texts would be most
 # of the memory, and every trial receives this data through the object store.
 _STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "weight",
-                    "group", "user_group", "labelled", "extra_rank"]
+                    "group", "user_group", "labelled", "extra_rank", "margin"]
 
 
 def _student_frame(uri: str) -> pd.DataFrame:
@@ -95,7 +95,8 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
         if "labelled" in frame:
             frame = frame[frame["labelled"].fillna(True).astype(bool)]
     model, train_rows, val_rows = build_model_and_rows(
-        cfg.model, data.users, data.cache, frame, data.val, group_names=names, seed=seed)
+        cfg.model, data.users, data.cache, frame, data.val, group_names=names, seed=seed,
+        label_margin=cfg.train.use_margin)
     scorer = PairScorer(model)
     if device is not None:
         scorer.to(device)
@@ -127,7 +128,8 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
                                     user_shrinkage=user_shrinkage)
     model, train, val = build_model_and_rows(
         model_cfg, layout.user_ids(), cache, read_frame(layout.prepared_rows("train")),
-        read_frame(layout.prepared_rows("val")), group_names=names, seed=cfg.run.seed)
+        read_frame(layout.prepared_rows("val")), group_names=names, seed=cfg.run.seed,
+        label_margin=cfg.train.use_margin)
     objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})
     metrics = fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
                   batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,

@@ -106,23 +106,24 @@ class Objective:
         weight = self.row_weight(rows, device)
         group = rows.group_index.to(device)
         label_mask = None if rows.label_mask is None else rows.label_mask.to(device)
+        offset = None if rows.label_margin is None else rows.label_margin.to(device)
         if self.kind == "pafo":
             loss, metrics = losses.pafo_student_loss(
                 margin, rows.teacher_margin.to(device), weight, rows.distill_mask.to(device),
                 lam=self.lam, kind=self.distill_loss, temperature=self.temperature,
-                clip=self.clip, label_mask=label_mask)
+                clip=self.clip, label_mask=label_mask, label_offset=offset)
         else:
             if label_mask is not None and not bool(label_mask.all()):
                 raise ValueError(f"objective {self.kind!r} got unlabelled rows; only the pafo "
                                  "student trains on unlabelled (distillation-only) comparisons")
-            per_row = losses.bradley_terry_loss(margin) * weight
+            per_row = losses.bradley_terry_loss(margin, offset) * weight
             if self.kind == "groupdro":
                 loss = self._dro(per_row, group)
             elif self.kind == "fairness_penalty":
                 loss = losses.fairness_penalty_loss(per_row, group, self.num_groups,
                                                     self.fairness_alpha)
             else:
-                loss = losses.weighted_mean(losses.bradley_terry_loss(margin), weight)
+                loss = losses.weighted_mean(losses.bradley_terry_loss(margin, offset), weight)
             metrics = {}
         if self.user_shrinkage > 0:
             loss = loss + self.user_shrinkage * _unwrap(model).head.user_penalty()

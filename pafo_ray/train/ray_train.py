@@ -79,7 +79,8 @@ def train_func(config: dict) -> None:
         train_frame = distill_targets(train_frame, job["targets"], names)
     model, train_rows, val_rows = build_model_and_rows(
         cfg.model, layout.user_ids(), cache, train_frame, val_frame, group_names=names,
-        seed=cfg.run.seed, init_from=job.get("init_from"))
+        seed=cfg.run.seed, init_from=job.get("init_from"),
+        label_margin=cfg.train.use_margin)
     scorer = ray.train.torch.prepare_model(PairScorer(model))
     device = ray.train.torch.get_device()
     objective = Objective(**job["objective"])

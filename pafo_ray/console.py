@@ -1,0 +1,173 @@
+"""What a person sees: one line per stage, a live status line, the result; the rest in a log.
+
+Ray, Ray Data, Train and Tune write to this process's stdout and stderr from Python and from
+C++ (and a local Ray's processes inherit them), and forwarded worker output arrives the same
+way. :func:`quiet` therefore redirects file descriptors 1 and 2 to ``<run>/logs/pafo.log``
+for the length of a command; the lines meant for a person go through :func:`say` to a copy
+of the original stdout. With ``verbose`` the descriptors go to ``tee``: the log file still
+gets everything and the terminal shows it too (today's detail).
+
+On a terminal a status line (running stages, seconds) is redrawn in place under the stage
+lines; in a pipe nothing is redrawn, so ``pafo-ray run | wc -l`` counts the stage lines only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional, TextIO
+
+_TERM: Optional[TextIO] = None     # the person's stdout while quiet() is active
+_VERBOSE = False
+_RUNNING: dict = {}                 # stage -> start time (stages may run in threads)
+_LOCK = threading.Lock()
+
+
+def log_path(storage_path: str, run_name: str) -> str:
+    """``<storage>/<run>/logs/pafo.log`` for local storage; for s3:// or gs:// a local file
+    ``./pafo_logs/<run>/pafo.log`` (the log is written while Ray runs, not uploaded)."""
+    if "://" in storage_path:
+        return os.path.abspath(os.path.join("pafo_logs", run_name, "pafo.log"))
+    return os.path.join(os.path.abspath(storage_path), run_name, "logs", "pafo.log")
+
+
+def _writer(stream: TextIO) -> TextIO:
+    """A line-buffered copy of ``stream``'s descriptor, or ``stream`` itself when it has none
+    (a test's captured stdout)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    stream.flush()
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def quiet(path: str, verbose: bool = False):
+    """Route descriptors 1 and 2 to the log file at ``path`` (and, verbose, to the terminal)."""
+    global _TERM, _VERBOSE
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    term = _writer(sys.stdout)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    tee = None
+    if verbose:
+        tee = subprocess.Popen(["tee", "-a", path], stdin=subprocess.PIPE, stdout=saved[0])
+        target = tee.stdin.fileno()
+    else:
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    if not verbose:
+        os.close(target)
+    _TERM, _VERBOSE = term, verbose
+    ticker = _Ticker(term) if not verbose and _isatty(term) else None
+    try:
+        yield term
+    finally:
+        if ticker:
+            ticker.stop()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        if tee is not None:
+            tee.stdin.close()
+            tee.wait(timeout=30)
+        _TERM, _VERBOSE = None, False
+        if term is not sys.stdout:
+            term.close()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def say(line: str) -> None:
+    """A line for the person: on their stdout, and in the log (stdout, redirected)."""
+    if _TERM is None or _VERBOSE:
+        print(line, flush=True)
+        return
+    sys.stdout.flush()
+    os.write(1, (line + "\n").encode("utf-8", "replace"))  # descriptor 1 is the log file
+    with _LOCK:
+        if _isatty(_TERM):
+            _TERM.write("\r\033[K")
+        _TERM.write(line + "\n")
+        _TERM.flush()
+
+
+def stage_started(name: str) -> None:
+    with _LOCK:
+        _RUNNING[name] = time.time()
+
+
+def stage_finished(name: str) -> None:
+    with _LOCK:
+        _RUNNING.pop(name, None)
+
+
+class _Ticker:
+    """The live status line on a terminal: running stages and their seconds, redrawn."""
+
+    def __init__(self, term: TextIO, every: float = 0.5):
+        self.term, self.every = term, every
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pafo-status", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        frames = "|/-\\"
+        tick = 0
+        while not self.done.wait(self.every):
+            with _LOCK:
+                if not _RUNNING:
+                    continue
+                now = time.time()
+                parts = [f"{name} {now - began:.0f} s" for name, began in _RUNNING.items()]
+                self.term.write(f"\r\033[K{frames[tick % 4]} running: {', '.join(parts)}")
+                self.term.flush()
+            tick += 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2)
+        with _LOCK:
+            self.term.write("\r\033[K")
+            self.term.flush()
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """evaluate's ``headline``: accuracy of vanilla and pafo overall, by group and by type."""
+    head = summary.get("headline") or {}
+    lines = []
+    for method in ("vanilla", "pafo"):
+        m = head.get(method)
+        if not m:
+            continue
+        parts = [f"overall {_value(m.get('overall')):.3f}"]
+        for key in ("by_group", "by_user_type"):
+            for name, value in (m.get(key) or {}).items():
+                parts.append(f"{name} {_value(value):.3f}")
+        if m.get("gap") is not None:
+            parts.append(f"gap {_value(m['gap']):.3f}")
+        lines.append(f"{method:>8}: accuracy " + ", ".join(parts))
+    return lines
+
+
+def _value(v) -> float:
+    if isinstance(v, dict):
+        v = v.get("value")
+    return float("nan") if v is None else float(v)
