@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     """A config file or override that cannot be bound to :class:`PipelineConfig`."""
 
 
+def _at_least(key: str, value: Any, low: float, strict: bool = False) -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is a finite number ≥ ``low``
+    (``> low`` when ``strict``)."""
+    import math
+
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > low if strict else value >= low))
+    if not ok:
+        raise ConfigError(f"{key}: expected a finite number {'>' if strict else '≥'} {low:g}, "
+                          f"got {value!r}")
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
@@ -226,11 +238,25 @@ class DistillConfig:
 @dataclass
 class BaselinesConfig:
     methods: list = _f(["reweight", "groupdro", "fairness_penalty"],
-                       "Baselines trained beside vanilla.")
+                       "Baselines trained beside vanilla: reweight, groupdro, fairness_penalty "
+                       "(a penalty on the spread of group losses), faro_dp, faro_eo (Faro: "
+                       "demographic-parity / equalized-odds constraints on the rewards, "
+                       "Lagrange multipliers by dual ascent; opt-in, each costs a fit and a "
+                       "search).")
     reweight_power: float = _f(1.0, "reweight: group weights ∝ n_g^-p (1: inverse frequency, "
                                "0: vanilla).")
     groupdro_eta: float = _f(0.05, "Step size of the group DRO weights.")
     fairness_alpha: float = _f(1.0, "Weight of the penalty on the gap of group losses.")
+    faro_epsilon: float = _f(0.02, "faro_dp / faro_eo: slack ε of the constraint gap ≤ ε, the gap "
+                             "being the difference between groups of the mean σ(margin) (the "
+                             "model's probability of the labelled winner; faro_eo: within each "
+                             "label class). In probability units: 0.02 = 2 points.")
+    faro_dual_lr: float = _f(0.5, "faro_dp / faro_eo: dual ascent rate of the Lagrange "
+                             "multipliers, μ ← max(0, μ + rate · (gap − ε)) after every step.")
+
+    def __post_init__(self):
+        _at_least("baselines.faro_epsilon", self.faro_epsilon, 0.0)
+        _at_least("baselines.faro_dual_lr", self.faro_dual_lr, 0.0)
 
 
 @dataclass
