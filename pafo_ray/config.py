@@ -266,6 +266,15 @@ class TuneConfig:
     sampler: Literal["nsga2", "tpe", "random"] = _f("tpe", "Optuna sampler.")
     space: Optional[str] = _f(None, "YAML file of the search space (None: tuning/space.yaml).")
     epsilon: float = _f(0.0, "Majority accuracy may fall this far below vanilla's.")
+    selection: Literal["best", "one_se", "beat_default"] = _f(
+        "best", "How the student's trial is picked among the Pareto-front trials that meet the "
+        "majority constraint. best: the highest validation minority accuracy. one_se: of the "
+        "trials within selection_se_multiplier standard errors of that best, the one with the "
+        "highest majority accuracy. beat_default: the best only when it beats the default "
+        "weights' validation minority accuracy by more than that many SEs, else the default "
+        "weights. The SE is the user-clustered SE of the default-weights student's validation "
+        "minority accuracy (one extra in-process fit when not best).")
+    selection_se_multiplier: float = _f(1.0, "Standard errors of the one_se / beat_default rules.")
     tune_baselines: bool = _f(True, "Search each baseline's own settings too (reweight_power, "
                               "groupdro_eta, fairness_alpha) with the same trial budget and "
                               "the same Pareto rule; evaluate then compares those.")
@@ -274,6 +283,9 @@ class TuneConfig:
     cpus_per_trial: float = _f(1.0, "CPUs per trial.")
     gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU); > 0 trains each "
                                     "trial on cuda when the trial sees one.")
+
+    def __post_init__(self):
+        _at_least("tune.selection_se_multiplier", self.selection_se_multiplier, 0.0, strict=True)
 
 
 @dataclass
