@@ -129,11 +129,22 @@ class GroupsConfig:
         "mixture", "support: keep prepare's groups (a user's mean rater support). mixture: "
         "start from them, fit one population reward vector per group on frozen features and "
         "move each user to the group whose population explains its training labels best "
-        "(sizes kept at prepare.user_quantile). With 2 raters per comparison the rater "
+        "(sizes: groups.sizes). With 2 raters per comparison the rater "
         "support finds ~60% minority-type users, the mixture ~75-98% (BENCHMARKS.md). "
         "User-level groups only; row-level groups are kept as they are.")
-    iterations: int = _f(2, "Refit-and-reassign rounds of the mixture.")
+    iterations: int = _f(2, "Refit-and-reassign rounds of the mixture (sizes=estimate: EM rounds).")
     l2: float = _f(1e-3, "Ridge on each group's population vector.")
+    sizes: Literal["quantile", "estimate"] = _f(
+        "quantile", "How many users the mixture puts in each group. quantile: as many as "
+        "prepare.user_quantile gave each support group (two groups). estimate: the data "
+        "choose: EM over a mixture whose mixing weights are fitted with the population "
+        "vectors (the maximum-likelihood sizes), started from the support groups; each user "
+        "takes its group of highest posterior.")
+
+    def __post_init__(self):
+        if isinstance(self.iterations, int) and self.iterations < 0:
+            raise ConfigError(f"groups.iterations: expected an integer ≥ 0, got {self.iterations}")
+        _at_least("groups.l2", self.l2, 0.0, strict=True)
 
 
 @dataclass

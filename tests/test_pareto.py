@@ -262,3 +262,13 @@ def test_rules_refuse_missing_inputs():
         select(trials, baseline_majority=0.8, rule="beat_default", minority_se=0.01)
     with pytest.raises(ValueError, match="se_multiplier"):
         select(trials, baseline_majority=0.8, rule="one_se", minority_se=0.01, se_multiplier=0)
+
+
+@pytest.mark.parametrize("override,key", [("tune.selection=median", "tune.selection"),
+                                          ("tune.selection_se_multiplier=0",
+                                           "tune.selection_se_multiplier")])
+def test_bad_selection_settings_are_config_errors_naming_the_key(override, key):
+    from pafo_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
