@@ -191,10 +191,11 @@ def rule_arguments(cfg, reference: dict, default) -> dict:
             "default": None if default is None else tuple(default)}
 
 
-def default_reference(cfg, data) -> dict:
+def default_reference(cfg, data, fitted: tuple | None = None) -> dict:
     """The default-weights student fitted in-process (as a trial would be, with the run's
-    distill settings): its validation ``point`` (majority, minority) and the standard errors
-    of those accuracies, clustered by user (:func:`tuning.pareto.accuracy_se`)."""
+    distill settings; ``fitted``: its ``(model, val metrics)`` when already trained): its
+    validation ``point`` (majority, minority) and the standard errors of those accuracies,
+    clustered by user (:func:`tuning.pareto.accuracy_se`)."""
     import numpy as np
 
     from pafo_ray.train import jobs as J
@@ -203,7 +204,7 @@ def default_reference(cfg, data) -> dict:
     from pafo_ray.train.loop import PairScorer, score_rows
     from tuning.pareto import OBJECTIVES, accuracy_se
 
-    model, metrics = train_student(data, cfg)
+    model, metrics = fitted or train_student(data, cfg)
     names = J.names(cfg)
     rows = build_rows(data.val, users=user_map(model.user_ids), group_names=names,
                       cache=data.cache)
