@@ -409,7 +409,9 @@ class FaroConstraint(nn.Module):
         bt = bradley_terry_loss(margin)
         bt = bt.mean() if weight is None else weighted_mean(bt, weight)
         constraint = self.constraints(margin, group_index, label)
-        mu = self.multipliers.to(constraint.dtype)
+        # A copy: the dual step below updates the buffer in place, and backward needs the μ
+        # this loss was built with (``.to`` of the same dtype would return the buffer itself).
+        mu = self.multipliers.detach().clone().to(constraint.dtype)
         loss = bt + (mu * (constraint - self.epsilon)).sum()
         if self.training:
             self.multipliers.copy_(dual_ascent_step(self.multipliers, constraint, self.epsilon,

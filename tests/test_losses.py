@@ -272,11 +272,17 @@ def test_faro_constraint_one_step_by_hand():
     faro.eval()
     faro(margin, group)
     assert_close(faro.multipliers, torch.tensor([0.8]), **TOL)
+    faro.train()
     eo = FaroConstraint(2, "eo", epsilon=0.05, dual_lr=2.0)
     eo(margin, group, label=label)
     assert_close(eo.multipliers, torch.tensor([0.9, 0.0]), **TOL)
     with pytest.raises(ValueError, match="label"):
         eo(margin, group)
+    # float32 (the trainer's dtype): backward after the in-place dual step still works.
+    single = torch.tensor([0.0, 1.0, 0.0, -1.0], requires_grad=True)
+    for _ in range(2):
+        faro(single, group).backward()
+    assert torch.isfinite(single.grad).all()
     with pytest.raises(ValueError, match="'dp' or 'eo'"):
         FaroConstraint(2, "spread")
 
