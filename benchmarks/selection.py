@@ -9,7 +9,8 @@ the test split by the simulator's true user type (row accuracy). Then it applies
 ``tune.selection`` (:data:`tuning.pareto.RULES`) to the *validation* table, exactly as the tune
 stage would, and reports the test accuracies of the pick beside the default weights'.
 Nothing chosen on test: the test figures only score the rules' picks.
-Also, per run, the groups' purity (share of minority-type users in the lowest group) with
+Also, per run, vanilla, fairness_penalty and Faro DP / EO at their configured settings
+(``--skip baselines`` to leave out), and the groups' purity (share of minority-type users in the lowest group) with
 ``groups.sizes=quantile`` and ``estimate`` on the same grouping model (``--group-sizes``).
 Writes ``selection.md`` and ``selection.json`` under ``--out``.
 """
@@ -100,6 +101,34 @@ def evaluate_rules(cfg, run_dir) -> dict:
             "picks": picks}
 
 
+BASELINES = ("vanilla", "fairness_penalty", "faro_dp", "faro_eo")
+
+
+def baselines_at_default(cfg, run_dir) -> dict:
+    """Test accuracy by user type of vanilla and the fairness baselines at their configured
+    settings, fitted in-process on the run's rows (no search): a check that Faro's constraint
+    moves the groups' accuracies, not the suite's tuned comparison."""
+    import time
+
+    from pafo_ray.train.inmemory import (
+        _STUDENT_COLUMNS,
+        load_student_data,
+        read_frame,
+        train_student,
+    )
+
+    data = load_student_data(cfg)
+    test = read_frame(run_dir.uri("groups", "data", "split=test"), _STUDENT_COLUMNS + ["user_type"])
+    out = {}
+    for method in BASELINES:
+        began = time.perf_counter()
+        model, metrics = train_student(data, cfg, method=method)
+        out[method] = {"test": test_by_type(model, cfg, test, data.cache),
+                       "val": [metrics["val_majority_accuracy"], metrics["val_minority_accuracy"]],
+                       "seconds": round(time.perf_counter() - began, 1)}
+    return out
+
+
 def group_purity(cfg, ctx) -> dict:
     """Share of minority-type users in the lowest group, and its size, by support and by the
     mixture with each ``groups.sizes``."""
@@ -173,6 +202,17 @@ def render(results: list, command: str) -> str:
             pi = f" ({mixing[0]:.3f})" if mixing else ""
             lines.append(f"| {r['dataset']} | {r['seed']} | {g['minority_type_users']} | "
                          f"{cell(g['support'])} | {cell(g['quantile'])} | {cell(g['estimate'])}{pi} |")
+    fitted = [r for r in results if r.get("baselines")]
+    if fitted:
+        lines += ["", "Baselines at their configured settings (no search), fitted in-process: "
+                  "test minority-type / majority-type % (validation minority / majority groups %).",
+                  "", "| dataset | seed | " + " | ".join(BASELINES) + " |",
+                  "|---|---|" + "---|" * len(BASELINES)]
+        for r in fitted:
+            b = r["baselines"]
+            lines.append(f"| {r['dataset']} | {r['seed']} | " + " | ".join(
+                f"{100 * b[m]['test']['minority']:.1f} / {100 * b[m]['test']['majority']:.1f} "
+                f"({100 * b[m]['val'][1]:.1f} / {100 * b[m]['val'][0]:.1f})" for m in BASELINES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +225,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=48, help="the quality runs' --trials")
     parser.add_argument("--out", default=DEFAULT_OUT, help="the quality runs' --out")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["rules", "group-sizes"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["rules", "group-sizes", "baselines"])
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
@@ -205,6 +246,8 @@ def main(argv=None) -> int:
                 result["selection"] = evaluate_rules(cfg, ctx.run_dir)
             if "group-sizes" not in args.skip:
                 result["groups"] = group_purity(cfg, ctx)
+            if "baselines" not in args.skip:
+                result["baselines"] = baselines_at_default(cfg, ctx.run_dir)
             results.append(result)
             print(json.dumps(result, default=str), flush=True)
     command = "python -m benchmarks.selection " + " ".join(sys.argv[1:] if argv is None else argv)
