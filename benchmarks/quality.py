@@ -25,7 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DSP = REPO.parent / "shared" / "data" / "dsp" / "dsp_dev.json"
 DEFAULT_OUT = "bench_out/quality"
-METHODS = ["vanilla", "reweight", "groupdro", "fairness_penalty", "pafo_default", "pafo"]
+METHODS = ["vanilla", "reweight", "groupdro", "fairness_penalty", "faro_dp", "faro_eo",
+           "pafo_default", "pafo"]
 
 # Many users with ~10 training rows each, 2 raters per training comparison, 10 per
 # val/test comparison, deterministic labels: where DESIGN §6 measured the bias.
@@ -43,6 +44,7 @@ DATASETS = {
 # teachers.init=both: the search chooses between scratch and vanilla-initialised teachers.
 COMMON = {"model.backbone": "minilm", "train.num_workers": 0, "train.epochs": 30,
           "teachers.init": "both",
+          "baselines.methods": ["reweight", "groupdro", "fairness_penalty", "faro_dp", "faro_eo"],
           "train.checkpoint_every": 30, "evaluate.bootstrap": 1000,
           "run.ray.progress_bars": False}
 SMOKE = {"model.backbone": "builtin-tiny", "data.generator.num_users": 60,

@@ -21,6 +21,18 @@ class ConfigError(ValueError):
     """A config file or override that cannot be bound to :class:`PipelineConfig`."""
 
 
+def _at_least(key: str, value: Any, low: float, strict: bool = False) -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is a finite number ≥ ``low``
+    (``> low`` when ``strict``)."""
+    import math
+
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > low if strict else value >= low))
+    if not ok:
+        raise ConfigError(f"{key}: expected a finite number {'>' if strict else '≥'} {low:g}, "
+                          f"got {value!r}")
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
@@ -148,11 +160,22 @@ class GroupsConfig:
         "mixture", "support: keep prepare's groups (a user's mean rater support). mixture: "
         "start from them, fit one population reward vector per group on frozen features and "
         "move each user to the group whose population explains its training labels best "
-        "(sizes kept at prepare.user_quantile). With 2 raters per comparison the rater "
+        "(sizes: groups.sizes). With 2 raters per comparison the rater "
         "support finds ~60% minority-type users, the mixture ~75-98% (BENCHMARKS.md). "
         "User-level groups only; row-level groups are kept as they are.")
-    iterations: int = _f(2, "Refit-and-reassign rounds of the mixture.")
+    iterations: int = _f(2, "Refit-and-reassign rounds of the mixture (sizes=estimate: EM rounds).")
     l2: float = _f(1e-3, "Ridge on each group's population vector.")
+    sizes: Literal["quantile", "estimate"] = _f(
+        "quantile", "How many users the mixture puts in each group. quantile: as many as "
+        "prepare.user_quantile gave each support group (two groups). estimate: the data "
+        "choose: EM over a mixture whose mixing weights are fitted with the population "
+        "vectors (the maximum-likelihood sizes), started from the support groups; each user "
+        "takes its group of highest posterior.")
+
+    def __post_init__(self):
+        if isinstance(self.iterations, int) and self.iterations < 0:
+            raise ConfigError(f"groups.iterations: expected an integer ≥ 0, got {self.iterations}")
+        _at_least("groups.l2", self.l2, 0.0, strict=True)
 
 
 @dataclass
@@ -267,11 +290,25 @@ class DistillConfig:
 @dataclass
 class BaselinesConfig:
     methods: list = _f(["reweight", "groupdro", "fairness_penalty"],
-                       "Baselines trained beside vanilla.")
+                       "Baselines trained beside vanilla: reweight, groupdro, fairness_penalty "
+                       "(a penalty on the spread of group losses), faro_dp, faro_eo (Faro: "
+                       "demographic-parity / equalized-odds constraints on the rewards, "
+                       "Lagrange multipliers by dual ascent; opt-in, each costs a fit and a "
+                       "search).")
     reweight_power: float = _f(1.0, "reweight: group weights ∝ n_g^-p (1: inverse frequency, "
                                "0: vanilla).")
     groupdro_eta: float = _f(0.05, "Step size of the group DRO weights.")
     fairness_alpha: float = _f(1.0, "Weight of the penalty on the gap of group losses.")
+    faro_epsilon: float = _f(0.02, "faro_dp / faro_eo: slack ε of the constraint gap ≤ ε, the gap "
+                             "being the difference between groups of the mean σ(margin) (the "
+                             "model's probability of the labelled winner; faro_eo: within each "
+                             "label class). In probability units: 0.02 = 2 points.")
+    faro_dual_lr: float = _f(0.5, "faro_dp / faro_eo: dual ascent rate of the Lagrange "
+                             "multipliers, μ ← max(0, μ + rate · (gap − ε)) after every step.")
+
+    def __post_init__(self):
+        _at_least("baselines.faro_epsilon", self.faro_epsilon, 0.0)
+        _at_least("baselines.faro_dual_lr", self.faro_dual_lr, 0.0)
 
 
 @dataclass
@@ -281,6 +318,15 @@ class TuneConfig:
     sampler: Literal["nsga2", "tpe", "random"] = _f("tpe", "Optuna sampler.")
     space: Optional[str] = _f(None, "YAML file of the search space (None: tuning/space.yaml).")
     epsilon: float = _f(0.0, "Majority accuracy may fall this far below vanilla's.")
+    selection: Literal["best", "one_se", "beat_default"] = _f(
+        "best", "How the student's trial is picked among the Pareto-front trials that meet the "
+        "majority constraint. best: the highest validation minority accuracy. one_se: of the "
+        "trials within selection_se_multiplier standard errors of that best, the one with the "
+        "highest majority accuracy. beat_default: the best only when it beats the default "
+        "weights' validation minority accuracy by more than that many SEs, else the default "
+        "weights. The SE is the user-clustered SE of the default-weights student's validation "
+        "minority accuracy (one extra in-process fit when not best).")
+    selection_se_multiplier: float = _f(1.0, "Standard errors of the one_se / beat_default rules.")
     tune_baselines: bool = _f(True, "Search each baseline's own settings too (reweight_power, "
                               "groupdro_eta, fairness_alpha) with the same trial budget and "
                               "the same Pareto rule; evaluate then compares those.")
@@ -289,6 +335,9 @@ class TuneConfig:
     cpus_per_trial: float = _f(1.0, "CPUs per trial.")
     gpus_per_trial: float = _f(0.0, "GPUs per trial (fractions share a GPU); > 0 trains each "
                                     "trial on cuda when the trial sees one.")
+
+    def __post_init__(self):
+        _at_least("tune.selection_se_multiplier", self.selection_se_multiplier, 0.0, strict=True)
 
 
 @dataclass

@@ -9,10 +9,13 @@ round fits ``g_k`` on the rows of group ``k``'s users (ridge logistic regression
 moves every user to the group whose population explains its labels best. The fit has K
 parameters per group, so a user's own rows barely move it (no per-user overfitting).
 
-With two groups the sizes are kept: the users with the largest log-likelihood ratio
-``Σ_rows log σ(g_min·x) − log σ(g_maj·x)`` form the lowest-support group, as many as the
-support quantile put there. With more groups each user takes the group of highest likelihood.
-Users without training rows keep the group they had. Everything here is plain torch.
+With ``sizes="quantile"`` and two groups the sizes are kept: the users with the largest
+log-likelihood ratio ``Σ_rows log σ(g_min·x) − log σ(g_maj·x)`` form the lowest-support group,
+as many as the support quantile put there. With more groups each user takes the group of
+highest likelihood. With ``sizes="estimate"`` the data choose the sizes: a mixture with mixing
+weights ``π`` fitted by EM (:func:`_em_round`), started from the support groups, each user in
+the group of highest posterior at the end. Users without training rows keep the group they
+had. Everything here is plain torch.
 """
 
 from __future__ import annotations
@@ -24,39 +27,44 @@ import torch.nn.functional as F
 
 
 def fit_population(x: torch.Tensor, l2: float, init: torch.Tensor | None = None,
-                   steps: int = 25) -> torch.Tensor:
+                   steps: int = 25, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Ridge logistic regression without intercept for labels that are all "chosen wins".
 
-    Minimises ``f(g) = mean_i −log σ(g · x_i) + l2 · ||g||²`` over ``g`` ``[K]`` by Newton's
-    method (f is strictly convex for ``l2 > 0``): ``∇f = −mean((1 − σ_i) x_i) + 2 l2 g``,
-    ``∇²f = mean(σ_i (1 − σ_i) x_i x_iᵀ) + 2 l2 I``, with step halving so f never rises.
+    Minimises ``f(g) = Σ_i w_i (−log σ(g · x_i)) / Σ_i w_i + l2 · ||g||²`` over ``g`` ``[K]``
+    by Newton's method (f is strictly convex for ``l2 > 0``):
+    ``∇f = −Σ w_i (1 − σ_i) x_i / Σ w + 2 l2 g``,
+    ``∇²f = Σ w_i σ_i (1 − σ_i) x_i x_iᵀ / Σ w + 2 l2 I``, with step halving so f never rises.
 
     Args:
         x: ``[n, K]`` base-reward differences (chosen − rejected) of the rows.
         l2: ridge weight, > 0.
         init: ``[K]`` start (default 0).
+        weight: ``[n]`` row weights ≥ 0 (default all 1; EM's responsibilities).
     Returns:
-        ``[K]`` float64.
+        ``[K]`` float64; 0 when no row has weight.
     """
     if l2 <= 0:
         raise ValueError(f"groups.l2 must be > 0, got {l2}")
     x = x.to(torch.float64)
     k = x.shape[1]
     g = torch.zeros(k, dtype=torch.float64) if init is None else init.to(torch.float64).clone()
-    if x.shape[0] == 0:
+    w = (torch.ones(x.shape[0], dtype=torch.float64) if weight is None
+         else weight.to(torch.float64))
+    if x.shape[0] == 0 or float(w.sum()) <= 0:
         return torch.zeros(k, dtype=torch.float64)
+    w = w / w.sum()
 
     def objective(v):
-        return -F.logsigmoid(x @ v).mean() + l2 * v.dot(v)
+        return -(w * F.logsigmoid(x @ v)).sum() + l2 * v.dot(v)
 
     value = objective(g)
     eye = torch.eye(k, dtype=torch.float64)
     for _ in range(steps):
         p = torch.sigmoid(x @ g)
-        grad = -((1 - p)[:, None] * x).mean(0) + 2 * l2 * g
+        grad = -((w * (1 - p))[:, None] * x).sum(0) + 2 * l2 * g
         if float(grad.abs().max()) < 1e-10:
             break
-        hess = (x.T * (p * (1 - p))) @ x / x.shape[0] + 2 * l2 * eye
+        hess = (x.T * (w * p * (1 - p))) @ x + 2 * l2 * eye
         step = torch.linalg.solve(hess, grad)
         scale = 1.0
         while scale > 1e-6:
@@ -77,11 +85,12 @@ class MixtureResult:
     score: torch.Tensor       # [U] log-likelihood of own group minus the best other (NaN: no rows)
     populations: torch.Tensor  # [G, K] the last round's population vectors
     moved: list               # users that changed group, per round
+    mixing: list | None = None  # sizes="estimate": the mixing weights π per round
 
 
 def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Tensor, *,
                    iterations: int = 2, l2: float = 1e-3,
-                   keep_sizes: bool = True) -> MixtureResult:
+                   keep_sizes: bool = True, sizes: str = "quantile") -> MixtureResult:
     """Refine user groups by the population vector that explains each user's labels.
 
     Args:
@@ -90,6 +99,8 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
         initial: ``[U]`` long in ``[0, G)``: the starting groups (prepare's support groups).
         iterations: refit-and-reassign rounds (0 keeps ``initial``).
         keep_sizes: with two groups, keep each group's number of users (users with rows).
+        sizes: ``quantile`` (sizes as above) or ``estimate``: ``iterations`` EM rounds of a
+          mixture whose mixing weights are fitted too, so the data choose the sizes.
     Returns:
         :class:`MixtureResult`.
     """
@@ -103,6 +114,10 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
     populations = torch.zeros(num_groups, x.shape[1], dtype=torch.float64)
     loglik = torch.zeros(num_users, num_groups, dtype=torch.float64)
     moved = []
+    if sizes not in ("quantile", "estimate"):
+        raise ValueError(f"groups.sizes must be 'quantile' or 'estimate', got {sizes!r}")
+    if sizes == "estimate" and num_groups > 1:
+        return _estimate_sizes(x, user_index, groups, has_rows, iterations, l2)
     for _ in range(iterations):
         row_group = groups[user_index]
         for k in range(num_groups):
@@ -116,12 +131,60 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
             new = torch.where(has_rows, loglik.argmax(dim=1), groups)
         moved.append(int((new != groups).sum()))
         groups = new
+    return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved)
+
+
+def _score(loglik: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:
+    """``[U]``: log-likelihood (or log-posterior) of the own group minus the best other."""
+    if loglik.shape[1] < 2:
+        return torch.zeros(loglik.shape[0])
     own = loglik.gather(1, groups[:, None]).squeeze(1)
     other = loglik.clone()
     other.scatter_(1, groups[:, None], float("-inf"))
-    score = torch.where(has_rows, own - other.max(dim=1).values, torch.tensor(float("nan"),
-                        dtype=torch.float64)) if num_groups > 1 else torch.zeros(num_users)
-    return MixtureResult(groups, score, populations, moved)
+    return torch.where(has_rows, own - other.max(dim=1).values,
+                       torch.tensor(float("nan"), dtype=torch.float64))
+
+
+def _em_round(x: torch.Tensor, user_index: torch.Tensor, resp: torch.Tensor,
+              populations: torch.Tensor, has_rows: torch.Tensor, l2: float) -> tuple:
+    """One EM round of the mixture of population vectors, users as the latent units.
+
+    M-step: ``π_k = mean_u r_uk`` over users with rows, and ``g_k`` = :func:`fit_population`
+    on every row weighted by its user's responsibility ``r_uk``. E-step:
+    ``r_uk ∝ π_k · Π_{i∈u} σ(g_k · x_i)``, in log space:
+    ``log r_uk = log π_k + Σ_{i∈u} log σ(g_k · x_i) − logsumexp_k(…)``.
+
+    Args:
+        resp: ``[U, G]`` responsibilities (rows sum to 1); users without rows keep theirs.
+        populations: ``[G, K]``, the Newton starts; updated in place.
+    Returns:
+        ``(resp [U, G], log-posterior [U, G], π [G])``.
+    """
+    num_groups = resp.shape[1]
+    mixing = resp[has_rows].mean(0)
+    for k in range(num_groups):
+        populations[k] = fit_population(x, l2, init=populations[k], weight=resp[user_index, k])
+    loglik = torch.zeros_like(resp).index_add_(0, user_index, F.logsigmoid(x @ populations.T))
+    log_post = torch.log(mixing)[None, :] + loglik
+    log_post = log_post - torch.logsumexp(log_post, dim=1, keepdim=True)
+    return torch.where(has_rows[:, None], log_post.exp(), resp), log_post, mixing
+
+
+def _estimate_sizes(x, user_index, groups, has_rows, iterations: int, l2: float) -> MixtureResult:
+    """``sizes="estimate"``: EM from the one-hot starting groups; each user with rows ends in
+    its group of highest posterior (so the group sizes are the data's, not the quantile's)."""
+    num_groups = int(groups.max()) + 1
+    resp = F.one_hot(groups, num_groups).to(torch.float64)
+    populations = torch.zeros(num_groups, x.shape[1], dtype=torch.float64)
+    log_post = torch.log(resp)
+    moved, mixing = [], []
+    for _ in range(iterations):
+        resp, log_post, pi = _em_round(x, user_index, resp, populations, has_rows, l2)
+        new = torch.where(has_rows, resp.argmax(dim=1), groups)
+        moved.append(int((new != groups).sum()))
+        mixing.append([round(float(v), 6) for v in pi])
+        groups = new
+    return MixtureResult(groups, _score(log_post, groups, has_rows), populations, moved, mixing)
 
 
 def _keep_sizes(ratio: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:

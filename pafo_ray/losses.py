@@ -1,7 +1,7 @@
 """Losses of the student, the teachers and the baselines: small pure functions over margins.
 
 A *margin* is ``r(chosen) − r(rejected)``, shape ``[batch]``. Every per-row loss returns
-``[batch]``; the reductions (:func:`weighted_mean`, :class:`GroupDRO`,
+``[batch]``; the reductions (:func:`weighted_mean`, :class:`GroupDRO`, :class:`FaroConstraint`,
 :func:`fairness_penalty_loss`) turn it into a scalar. Nothing here knows about Ray or models.
 """
 
@@ -279,3 +279,152 @@ def fairness_penalty_loss(
     present_loss = group_loss[present]
     penalty = present_loss.max() - present_loss.min()
     return per_row_loss.mean() + alpha * penalty
+
+
+# ------------------------------------------------------------------ Faro (Choi et al. 2026)
+#
+# Reward-level fairness constraints trained by a Lagrangian with dual ascent, after "Fairness
+# Aware Reward Optimization" (Faro): minimise the BT loss subject to c(θ) ≤ ε, as
+# min_θ max_{μ ≥ 0} BT(θ) + Σ_j μ_j (c_j(θ) − ε). The primal step is the optimiser's; the dual
+# step is :func:`dual_ascent_step`. Unlike :func:`fairness_penalty_loss` (a fixed weight on the
+# spread of group *losses*), the constraint is on the model's *predictions* per group and its
+# weight μ grows for as long as the constraint is violated.
+
+
+def group_mean_probabilities(
+    margin: torch.Tensor, group_index: torch.Tensor, num_groups: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean predicted probability of the labelled winner per group: ``P̄_g = mean_{i∈g} σ(m_i)``.
+
+    ``σ(m_i)`` is the model's P(chosen ≻ rejected), i.e. its probability of being correct on
+    row ``i``. Only rows with ``mask_i`` (default all) count.
+
+    Args:
+        margin: ``[batch]``; group_index: ``[batch]`` long; mask: ``[batch]`` bool or None.
+    Returns:
+        ``(P̄ [num_groups], present [num_groups] bool)``; ``P̄_g = 0`` where no row counts.
+    """
+    prob = torch.sigmoid(margin)
+    if mask is not None:
+        keep = mask.to(torch.bool)
+        prob, group_index = prob[keep], group_index[keep]
+    return group_mean_losses(prob, group_index, num_groups)
+
+
+def _spread(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``max_g v_g − min_g v_g`` over the present groups; 0 with fewer than two."""
+    if int(present.sum()) < 2:
+        return values.sum() * 0.0  # keeps the graph (and the dtype) of ``values``
+    kept = values[present]
+    return kept.max() - kept.min()
+
+
+def demographic_parity_gap(margin: torch.Tensor, group_index: torch.Tensor,
+                           num_groups: int) -> torch.Tensor:
+    """Reward-level demographic parity gap: ``c_DP = max_g P̄_g − min_g P̄_g``.
+
+    With two groups ``c_DP = |P̄_majority − P̄_minority|``, the absolute difference of the mean
+    probability ``σ(m)`` the reward model gives the labelled winner (its soft accuracy) on
+    majority and minority rows; groups absent from the batch are left out (0 with fewer than
+    two present). Differentiable in ``margin``.
+
+    Args:
+        margin: ``[batch]`` r(chosen) − r(rejected); group_index: ``[batch]`` long.
+    Returns:
+        A scalar in ``[0, 1]``.
+    """
+    means, present = group_mean_probabilities(margin, group_index, num_groups)
+    return _spread(means, present)
+
+
+def equalized_odds_gaps(margin: torch.Tensor, group_index: torch.Tensor, label: torch.Tensor,
+                        num_groups: int) -> torch.Tensor:
+    """Reward-level equalized odds: the demographic parity gap within each label class.
+
+    A row's label ``y_i ∈ {0, 1}`` says which response of the pair won in a fixed orientation
+    of the pair (``y = 1``: the first, by text id, is the chosen one). The model predicts the
+    first wins with ``σ(m)`` when ``y = 1`` and ``1 − σ(m)`` when ``y = 0``, so per class the
+    group gap of that prediction is the gap of ``σ(m)``:
+
+    ``c_EO,y = max_g P̄_{g,y} − min_g P̄_{g,y}``, ``P̄_{g,y} = mean_{i∈g, y_i=y} σ(m_i)``,
+
+    the gaps of the true- and false-positive rates of the classic definition (Hardt et al.
+    2016), with soft predictions. ``c_DP`` pools both classes; EO asks for parity in each.
+
+    Args:
+        margin: ``[batch]``; group_index: ``[batch]`` long; label: ``[batch]`` in {0, 1}.
+    Returns:
+        ``[2]``: ``(c_EO,0, c_EO,1)``, each in ``[0, 1]``.
+    """
+    label = label.to(torch.long)
+    return torch.stack([
+        _spread(*group_mean_probabilities(margin, group_index, num_groups, label == y))
+        for y in (0, 1)])
+
+
+def dual_ascent_step(multiplier: torch.Tensor, constraint: torch.Tensor, epsilon: float,
+                     dual_lr: float) -> torch.Tensor:
+    """Projected dual ascent on the Lagrange multipliers: ``μ ← max(0, μ + η_μ (c − ε))``.
+
+    ``μ`` rises while the constraint is violated (``c > ε``) and falls, never below 0, while it
+    holds with room to spare. ``constraint`` is detached.
+
+    Args:
+        multiplier, constraint: ``[J]`` (one per constraint); epsilon: slack ``ε ≥ 0``;
+        dual_lr: ``η_μ ≥ 0``.
+    Returns:
+        ``[J]``, the new multipliers.
+    """
+    return (multiplier + dual_lr * (constraint.detach().to(multiplier.dtype) - epsilon)).clamp(min=0)
+
+
+class FaroConstraint(nn.Module):
+    """Faro's Lagrangian: ``loss = mean_w BT + Σ_j μ_j (c_j − ε)``, ``μ`` updated by dual ascent.
+
+    ``kind="dp"``: one constraint, :func:`demographic_parity_gap`. ``kind="eo"``: two, the
+    :func:`equalized_odds_gaps` of the two label classes. The multipliers ``μ`` (buffer
+    ``multipliers`` ``[J]``, 0 at start) enter the loss as constants; in training mode each
+    ``forward`` then takes one :func:`dual_ascent_step` with this batch's constraint values (the
+    primal step is the optimiser's step on the returned loss). ``eval()`` freezes ``μ``. As a
+    buffer, ``μ`` is saved and restored with the module's ``state_dict``.
+    """
+
+    def __init__(self, num_groups: int, kind: Literal["dp", "eo"] = "dp", epsilon: float = 0.02,
+                 dual_lr: float = 0.5) -> None:
+        super().__init__()
+        if kind not in ("dp", "eo"):
+            raise ValueError(f"Faro constraint kind must be 'dp' or 'eo', got {kind!r}")
+        if num_groups < 1 or epsilon < 0 or dual_lr < 0:
+            raise ValueError(f"FaroConstraint needs num_groups >= 1, epsilon >= 0 and "
+                             f"dual_lr >= 0, got {num_groups}, {epsilon}, {dual_lr}")
+        self.num_groups, self.kind, self.epsilon, self.dual_lr = num_groups, kind, epsilon, dual_lr
+        self.register_buffer("multipliers", torch.zeros(1 if kind == "dp" else 2))
+
+    def constraints(self, margin: torch.Tensor, group_index: torch.Tensor,
+                    label: torch.Tensor | None = None) -> torch.Tensor:
+        """``[J]`` constraint values ``c_j`` of a batch (with grad)."""
+        if self.kind == "dp":
+            return demographic_parity_gap(margin, group_index, self.num_groups)[None]
+        if label is None:
+            raise ValueError("the Faro equalized-odds constraint needs each row's label class")
+        return equalized_odds_gaps(margin, group_index, label, self.num_groups)
+
+    def forward(self, margin: torch.Tensor, group_index: torch.Tensor,
+                weight: torch.Tensor | None = None,
+                label: torch.Tensor | None = None) -> torch.Tensor:
+        """``margin``, ``group_index``, ``weight``, ``label``: ``[batch]`` → scalar loss."""
+        bt = bradley_terry_loss(margin)
+        bt = bt.mean() if weight is None else weighted_mean(bt, weight)
+        constraint = self.constraints(margin, group_index, label)
+        # A copy: the dual step below updates the buffer in place, and backward needs the μ
+        # this loss was built with (``.to`` of the same dtype would return the buffer itself).
+        mu = self.multipliers.detach().clone().to(constraint.dtype)
+        loss = bt + (mu * (constraint - self.epsilon)).sum()
+        if self.training:
+            self.multipliers.copy_(dual_ascent_step(self.multipliers, constraint, self.epsilon,
+                                                    self.dual_lr))
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, epsilon={self.epsilon}, dual_lr={self.dual_lr}"

@@ -168,3 +168,45 @@ def test_support_method_keeps_prepares_groups(grouped):
             == prepared.loc[rows["row_id"], "group"].astype(str).to_numpy()).all()
     assert "users_moved" in support.run_dir.read_json("groups", "summary.json")
     assert np.isnan(users["mixture_score"]).all()
+
+
+def test_estimated_sizes_recover_a_planted_minority_size():
+    """30 minority-type users of 200 (15%), 40 rows each; the support groups start with 40
+    users in the minority group (a 20% quantile), 24 of them minority-type. sizes=quantile keeps
+    40; sizes=estimate lets EM fit the mixing weight and ends with ~30 (π_min ≈ 0.15), nearly
+    all minority-type."""
+    x, user_index, is_minority = planted(num_users=200, minority=30, rows_per_user=40, seed=3)
+    initial = torch.ones(200, dtype=torch.long)
+    minority_users = torch.nonzero(is_minority).squeeze(1)
+    majority_users = torch.nonzero(~is_minority).squeeze(1)
+    initial[minority_users[:24]] = 0
+    initial[majority_users[:16]] = 0
+    kept = mixture_groups(x, user_index, initial, iterations=5, sizes="quantile")
+    assert int((kept.groups == 0).sum()) == 40 and kept.mixing is None
+    estimated = mixture_groups(x, user_index, initial, iterations=5, sizes="estimate")
+    size = int((estimated.groups == 0).sum())
+    assert abs(size - 30) <= 2
+    assert float(is_minority[estimated.groups == 0].float().mean()) >= 0.9
+    assert estimated.mixing[0] == pytest.approx([0.2, 0.8])  # the start's share
+    assert estimated.mixing[-1][0] == pytest.approx(0.15, abs=0.02)
+    assert estimated.populations[0, 0] < 0 < estimated.populations[1, 0]
+    with pytest.raises(ValueError, match="groups.sizes"):
+        mixture_groups(x, user_index, initial, sizes="bic")
+
+
+def test_fit_population_weights_rows():
+    """Weights 1 on x = [2] and 0 on x = [−2] give the one-row optimum; no weight gives 0."""
+    x = torch.tensor([[2.0], [-2.0]])
+    one_row = fit_population(x[:1], l2=0.1)
+    assert torch.allclose(fit_population(x, l2=0.1, weight=torch.tensor([1.0, 0.0])), one_row)
+    assert float(fit_population(x, l2=0.1, weight=torch.zeros(2))[0]) == 0.0
+
+
+@pytest.mark.parametrize("override,key", [("groups.sizes=bic", "groups.sizes"),
+                                          ("groups.iterations=-1", "groups.iterations"),
+                                          ("groups.l2=0", "groups.l2")])
+def test_bad_group_settings_are_config_errors_naming_the_key(override, key):
+    from pafo_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])

@@ -148,3 +148,50 @@ def test_tune_stage_hash_follows_the_space_file(tmp_path):
     assert tune.hash_payload(load_config(None, [f"tune.space={space}"])) != first
     both = tune.hash_payload(load_config(None, ["teachers.init=both"]))
     assert both != tune.hash_payload(load_config())
+
+
+@pytest.mark.parametrize("method", ["faro_dp", "faro_eo"])
+def test_faro_objectives_add_the_multiplied_constraint_after_a_dual_step(method):
+    """μ starts at 0, so the first step's loss is vanilla's; the constraint is violated
+    (group gaps > ε = 0), so μ rises by baselines.faro_dual_lr · gap and the next loss is
+    vanilla + μ · gap. The multipliers travel with the objective's state (resume)."""
+    rows = _rows(with_targets=False)
+    rows.chosen_index = torch.tensor([0, 3, 4, 1, 5, 2])
+    rows.rejected_index = torch.tensor([1, 2, 5, 0, 4, 3])
+    cfg = load_config(None, ["model.user_shrinkage=0", "baselines.faro_epsilon=0",
+                             "baselines.faro_dual_lr=3.0"])
+    model = PairScorer(_model(cfg))
+    vanilla = float(Objective(**objective_for("vanilla", cfg))(MARGIN, rows, model)[0])
+    objective = Objective(**objective_for(method, cfg))
+    assert float(objective(MARGIN, rows, model)[0]) == pytest.approx(vanilla, rel=1e-6)
+    group = rows.group_index
+    if method == "faro_dp":
+        gaps = losses.demographic_parity_gap(MARGIN, group, 2)[None]
+    else:
+        label = (rows.chosen_index < rows.rejected_index).long()
+        gaps = losses.equalized_odds_gaps(MARGIN, group, label, 2)
+    assert float(gaps.max()) > 0
+    mu = objective.state_dict()["multipliers"]
+    assert mu == pytest.approx((3.0 * gaps).tolist(), rel=1e-5)
+    expected = vanilla + float((3.0 * gaps * gaps).sum())
+    assert float(objective(MARGIN, rows, model)[0]) == pytest.approx(expected, rel=1e-5)
+    resumed = Objective(**objective_for(method, cfg))
+    resumed.load_state_dict({"multipliers": mu})
+    assert resumed.state_dict()["multipliers"] == pytest.approx(mu)
+
+
+def test_faro_eo_needs_the_pair_orientation():
+    cfg = load_config(None, ["model.user_shrinkage=0"])
+    objective = Objective(**objective_for("faro_eo", cfg))
+    with pytest.raises(ValueError, match="model.mode=frozen"):
+        objective(MARGIN, _rows(with_targets=False), PairScorer(_model(cfg)))
+
+
+@pytest.mark.parametrize("override,key", [("baselines.faro_epsilon=-0.1", "baselines.faro_epsilon"),
+                                          ("baselines.faro_dual_lr=-1", "baselines.faro_dual_lr"),
+                                          ("baselines.faro_epsilon=.nan", "baselines.faro_epsilon")])
+def test_bad_faro_settings_are_config_errors_naming_the_key(override, key):
+    from pafo_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])

@@ -7,10 +7,14 @@ import torch
 from torch.testing import assert_close
 
 from pafo_ray.losses import (
+    FaroConstraint,
     GroupDRO,
     bernoulli_kl,
     bradley_terry_loss,
+    demographic_parity_gap,
     distill_loss,
+    dual_ascent_step,
+    equalized_odds_gaps,
     fairness_penalty_loss,
     group_mean_losses,
     inverse_frequency_weights,
@@ -216,3 +220,106 @@ def test_fairness_penalty_hand_values():
     assert_close(losses.grad, t(7 / 12, 7 / 12, -1 / 6), **TOL)
     single = fairness_penalty_loss(t(1.0, 3.0), torch.tensor([1, 1]), 2, alpha=10.0)
     assert_close(single, t(2.0)[0])
+
+
+# ------------------------------------------------------------------ Faro
+
+
+def _faro_batch():
+    """Margins [0, ln 3, 0, −ln 3] → σ = [0.5, 0.75, 0.5, 0.25]; groups [1, 1, 0, 0]
+    (0 = minority); label classes [1, 0, 1, 0]."""
+    return (t(0.0, math.log(3.0), 0.0, -math.log(3.0), grad=True), torch.tensor([1, 1, 0, 0]),
+            torch.tensor([1, 0, 1, 0]))
+
+
+def test_demographic_parity_gap_hand_values():
+    """P̄_maj = (0.5 + 0.75)/2 = 0.625, P̄_min = (0.5 + 0.25)/2 = 0.375: c_DP = 0.25.
+    ∂c/∂m_i = ±σ'(m_i)/n_g with σ' = σ(1 − σ): majority +[0.25, 0.1875]/2, minority −[0.25, 0.1875]/2.
+    One group present: 0."""
+    margin, group, _ = _faro_batch()
+    gap = demographic_parity_gap(margin, group, 2)
+    assert_close(gap, torch.tensor(0.25, dtype=torch.float64), **TOL)
+    gap.backward()
+    assert_close(margin.grad, t(0.125, 0.09375, -0.125, -0.09375), **TOL)
+    assert float(demographic_parity_gap(t(1.0, -3.0), torch.tensor([1, 1]), 2)) == 0.0
+
+
+def test_equalized_odds_gaps_hand_values():
+    """Class 0: rows 1 (maj, 0.75) and 3 (min, 0.25) → 0.5. Class 1: rows 0 and 2, both 0.5 → 0.
+    DP pools the classes (0.25); EO keeps them apart."""
+    margin, group, label = _faro_batch()
+    assert_close(equalized_odds_gaps(margin, group, label, 2), t(0.5, 0.0), **TOL)
+
+
+def test_dual_ascent_step_rises_when_violated_and_stops_at_zero():
+    """μ = 0, c = 0.25, ε = 0.05, η = 2: μ = 2·0.2 = 0.4. μ = 0.1, c = 0, η = 4: 0.1 − 0.2 → 0."""
+    assert_close(dual_ascent_step(t(0.0), t(0.25), 0.05, 2.0), t(0.4), **TOL)
+    assert_close(dual_ascent_step(t(0.1), t(0.0), 0.05, 4.0), t(0.0), **TOL)
+
+
+def test_faro_constraint_one_step_by_hand():
+    """BT = mean[log 2, log(4/3), log 2, log 4] = (2·0.693147 + 0.287682 + 1.386294)/4 = 0.765068.
+    Step 1 (μ = 0): loss = BT; then μ ← 0 + 2·(0.25 − 0.05) = 0.4.
+    Step 2 (same batch): loss = BT + 0.4·0.2 = 0.845068; μ ← 0.8.
+    eval(): μ is frozen. faro_eo has one multiplier per label class: [2·0.45, 0]."""
+    margin, group, label = _faro_batch()
+    faro = FaroConstraint(2, "dp", epsilon=0.05, dual_lr=2.0)
+    bt = (2 * math.log(2) + math.log(4 / 3) + math.log(4)) / 4
+    assert_close(faro(margin, group), torch.tensor(bt, dtype=torch.float64), **TOL)
+    assert_close(faro.multipliers, torch.tensor([0.4]), **TOL)
+    assert_close(faro(margin, group), torch.tensor(bt + 0.08, dtype=torch.float64), **TOL)
+    assert_close(faro.multipliers, torch.tensor([0.8]), **TOL)
+    faro.eval()
+    faro(margin, group)
+    assert_close(faro.multipliers, torch.tensor([0.8]), **TOL)
+    faro.train()
+    eo = FaroConstraint(2, "eo", epsilon=0.05, dual_lr=2.0)
+    eo(margin, group, label=label)
+    assert_close(eo.multipliers, torch.tensor([0.9, 0.0]), **TOL)
+    with pytest.raises(ValueError, match="label"):
+        eo(margin, group)
+    # float32 (the trainer's dtype): backward after the in-place dual step still works.
+    single = torch.tensor([0.0, 1.0, 0.0, -1.0], requires_grad=True)
+    for _ in range(2):
+        faro(single, group).backward()
+    assert torch.isfinite(single.grad).all()
+    with pytest.raises(ValueError, match="'dp' or 'eo'"):
+        FaroConstraint(2, "spread")
+
+
+def _faro_toy(dual_lr: float, steps: int = 1500):
+    """θ shared by 80 majority rows (margin θ) and 20 minority rows (margin −θ/2): BT alone
+    drives θ to ≈ 2.3 (DP gap σ(θ) − σ(−θ/2) ≈ 0.67); the constraint gap ≤ ε = 0.1 holds for
+    θ ≤ 0.27. Full-batch gradient descent on θ, dual ascent on μ."""
+    x = torch.cat([torch.ones(80), torch.full((20,), -0.5)]).double()
+    group = torch.cat([torch.ones(80, dtype=torch.long), torch.zeros(20, dtype=torch.long)])
+    theta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=0.5)
+    faro = FaroConstraint(2, "dp", epsilon=0.1, dual_lr=dual_lr)
+    gaps, multipliers = [], []
+    for _ in range(steps):
+        margin = theta * x
+        gaps.append(float(demographic_parity_gap(margin.detach(), group, 2)))
+        loss = faro(margin, group)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        multipliers.append(float(faro.multipliers[0]))
+    return gaps, multipliers
+
+
+def test_faro_dual_ascent_drives_the_dp_gap_below_epsilon():
+    gaps, mu = _faro_toy(dual_lr=0.5)
+    # The multiplier rises on every step the constraint is violated (by more than float32's
+    # resolution of μ: at the end the gap sits at ε and μ at its fixed point) ...
+    violated = [i for i, g in enumerate(gaps) if g > 0.1 + 1e-4]
+    rises = [mu[i] > (mu[i - 1] if i else 0.0) for i in violated]
+    assert all(rises)
+    assert len(violated) > 10 and mu[-1] > 0.5
+    # ... the gap, first above 0.3, falls below ε and ends at it (μ ≈ 0.79 holds it there).
+    first_below = next(i for i, g in enumerate(gaps) if i > violated[0] and g < 0.1)
+    assert max(gaps[:first_below]) > 0.3
+    assert max(gaps[-300:]) < 0.1 + 1e-3
+    # Without dual ascent (η = 0) the same constraint is ignored: the gap stays > 0.6.
+    unconstrained, mu0 = _faro_toy(dual_lr=0.0)
+    assert min(unconstrained[-300:]) > 0.6 and max(mu0) == 0.0

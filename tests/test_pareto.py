@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tuning.pareto import hypervolume_2d, pareto_front, select
+from tuning.pareto import accuracy_se, hypervolume_2d, pareto_front, select
 from tuning.plot import plot_front
 
 MAJ, MIN = "val_majority_accuracy", "val_minority_accuracy"
@@ -198,3 +198,77 @@ def test_plot_front_writes_png(tmp_path):
     plot_front(trials.iloc[:0], trials.iloc[:0], None, {}, empty_path)
     with Image.open(empty_path) as image:
         assert image.format == "PNG"
+
+
+# ------------------------------------------------------------------ rules validation can trust
+
+
+def _noisy_front():
+    """Baseline majority 0.80 (ε 0): t0 fails the constraint; t1..t4 are the front members
+    that meet it, minority 0.70 (maj 0.86), 0.72 (0.84), 0.74 (0.82), 0.75 (0.81); t5 is
+    dominated by t3."""
+    return [trial("t0", 0.78, 0.80), trial("t1", 0.86, 0.70), trial("t2", 0.84, 0.72),
+            trial("t3", 0.82, 0.74), trial("t4", 0.81, 0.75), trial("t5", 0.80, 0.73)]
+
+
+def test_accuracy_se_binomial_and_by_user():
+    """[1, 1, 0, 0]: p = 0.5. Binomial √(0.25/4) = 0.25. Users [a, a, b, b]: residual sums
+    +1, −1; √(2/1 · 2)/4 = 0.5 (two users' rows move together). Users [a, b, a, b]: sums 0, 0
+    → 0. One user: binomial."""
+    correct = [1, 1, 0, 0]
+    assert accuracy_se(correct) == pytest.approx(0.25)
+    assert accuracy_se(correct, ["a", "a", "b", "b"]) == pytest.approx(0.5)
+    assert accuracy_se(correct, ["a", "b", "a", "b"]) == pytest.approx(0.0)
+    assert accuracy_se(correct, ["a"] * 4) == pytest.approx(0.25)
+    assert math.isnan(accuracy_se([]))
+
+
+def test_one_se_rule_takes_the_most_conservative_trial_within_one_se():
+    """best: t4 (0.75). SE 0.021: the band is minority ≥ 0.729 → t3, t4; the highest majority of
+    those is t3. SE 0.04 → ≥ 0.71: t2. se_multiplier 2 with SE 0.021 → ≥ 0.708: t2 too."""
+    trials = _noisy_front()
+    assert select(trials, baseline_majority=0.80).chosen["trial_id"] == "t4"
+    picked = select(trials, baseline_majority=0.80, rule="one_se", minority_se=0.021)
+    assert picked.chosen["trial_id"] == "t3" and "within 1 SE (0.0210)" in picked.rule
+    assert select(trials, baseline_majority=0.80, rule="one_se",
+                  minority_se=0.04).chosen["trial_id"] == "t2"
+    assert select(trials, baseline_majority=0.80, rule="one_se", minority_se=0.021,
+                  se_multiplier=2.0).chosen["trial_id"] == "t2"
+    # SE 0: the best itself; the constraint still applies (t0 never).
+    assert select(trials, baseline_majority=0.80, rule="one_se",
+                  minority_se=0.0).chosen["trial_id"] == "t4"
+
+
+def test_beat_default_rule_keeps_the_default_weights_unless_beaten_by_more_than_one_se():
+    """The best meeting the constraint is t4 (0.75). Default at 0.73 with SE 0.03: +0.02 is not
+    more than 0.03 → kept, nothing chosen. SE 0.01: +0.02 > 0.01 → t4."""
+    trials = _noisy_front()
+    kept = select(trials, baseline_majority=0.80, rule="beat_default", minority_se=0.03,
+                  default=(0.82, 0.73))
+    assert kept.chosen is None and kept.kept_default and kept.met_constraint
+    assert "kept the default weights" in kept.message and "t4" in kept.message
+    beaten = select(trials, baseline_majority=0.80, rule="beat_default", minority_se=0.01,
+                    default=(0.82, 0.73))
+    assert beaten.chosen["trial_id"] == "t4" and not beaten.kept_default
+
+
+def test_rules_refuse_missing_inputs():
+    trials = _noisy_front()
+    with pytest.raises(ValueError, match="one of"):
+        select(trials, baseline_majority=0.8, rule="median")
+    with pytest.raises(ValueError, match="minority_se"):
+        select(trials, baseline_majority=0.8, rule="one_se")
+    with pytest.raises(ValueError, match="default weights"):
+        select(trials, baseline_majority=0.8, rule="beat_default", minority_se=0.01)
+    with pytest.raises(ValueError, match="se_multiplier"):
+        select(trials, baseline_majority=0.8, rule="one_se", minority_se=0.01, se_multiplier=0)
+
+
+@pytest.mark.parametrize("override,key", [("tune.selection=median", "tune.selection"),
+                                          ("tune.selection_se_multiplier=0",
+                                           "tune.selection_se_multiplier")])
+def test_bad_selection_settings_are_config_errors_naming_the_key(override, key):
+    from pafo_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])

@@ -73,6 +73,33 @@ def test_student_on_an_explicit_device_matches_the_default_and_comes_back_on_cpu
     assert trial_device(0.5) == ("cuda" if torch.cuda.is_available() else None)
 
 
+def test_default_reference_gives_the_default_students_point_and_clustered_se(tmp_path):
+    """The SE the one_se / beat_default rules use: the default-weights student's validation
+    minority accuracy, clustered by user (6 minority users × 4 rows here), and the point the
+    beat_default rule compares with; ``rule_arguments`` passes them to the Pareto rule."""
+    from pafo_ray.stages.tune import default_reference, rule_arguments
+    from pafo_ray.train.inmemory import train_student
+    from tuning.pareto import accuracy_se
+
+    cfg = load_config(None, small_overrides(tmp_path, **{"train.epochs": 2,
+                                                         "tune.selection": "beat_default"}))
+    data = synthetic_student_data()
+    fitted = train_student(data, cfg)
+    reference = default_reference(cfg, data, fitted)
+    assert reference["point"] == [fitted[1][MAJORITY], fitted[1][MINORITY]]
+    assert reference["val_rows"] == {"minority": 24, "majority": 96}
+    assert reference["val_users"] == {"minority": 6, "majority": 24}
+    p = fitted[1][MINORITY]
+    assert reference["minority_binomial_se"] == pytest.approx(accuracy_se([1] * round(24 * p)
+                                                                          + [0] * round(24 * (1 - p))))
+    assert math.isfinite(reference["minority_se"]) and reference["minority_se"] >= 0
+    arguments = rule_arguments(cfg, reference, reference["point"])
+    assert arguments == {"rule": "beat_default", "minority_se": reference["minority_se"],
+                         "se_multiplier": 1.0, "default": tuple(reference["point"])}
+    best = load_config(None, small_overrides(tmp_path))
+    assert rule_arguments(best, reference, reference["point"]) == {}
+
+
 def assert_non_dominated(front: list) -> None:
     points = [(p[MAJORITY], p[MINORITY]) for p in front]
     for i, a in enumerate(points):

@@ -1,4 +1,4 @@
-"""Pareto front, the PAFO selection rule and the 2-D hypervolume (DESIGN §2 "Pareto selection").
+"""Pareto front, the PAFO selection rules and the 2-D hypervolume (DESIGN §2 "Pareto selection").
 
 Pure numpy/pandas: the tune stage hands in one record per trial (its config and its
 validation metrics) and gets back the front and the chosen trial. Every objective is
@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 
 OBJECTIVES = ("val_majority_accuracy", "val_minority_accuracy")
+# How the trial is picked among the front members that meet the majority constraint
+# (tune.selection): the highest validation minority accuracy; the most conservative within one
+# standard error of it; or the default weights unless the best beats them by more than one SE.
+RULES = ("best", "one_se", "beat_default")
 
 # Slack on the majority constraint, so that baseline − ε computed in floating point
 # (0.7 − 0.1 = 0.6000000000000001) does not reject a trial at exactly 0.6.
@@ -82,6 +86,7 @@ class Selection:
     message: str = ""
     threshold: float = math.nan
     excluded: int = 0
+    kept_default: bool = False
 
 
 def _tie_key(frame: pd.DataFrame) -> pd.Series:
@@ -105,16 +110,62 @@ def _describe(trial: dict, objectives: Sequence[str]) -> str:
     return f"trial {name} ({scores})"
 
 
-def select(trials: Trials, *, baseline_majority: float, epsilon: float = 0.0,
-           objectives: Sequence[str] = OBJECTIVES) -> Selection:
-    """Pick the PAFO trial: on the Pareto front, the highest minority accuracy whose
-    majority accuracy is at least ``baseline_majority − epsilon``.
+def accuracy_se(correct: Sequence[float], cluster: Optional[Sequence] = None) -> float:
+    """Standard error of an accuracy, the mean ``p`` of 0/1 ``correct`` ``[n]``.
 
-    ``objectives`` is ``(majority, minority)``. Ties: higher majority accuracy, then the
-    lowest ``trial_id`` (row order when there is none). When no front member meets the
-    constraint, ``chosen`` is None and ``closest`` is the front member with the smallest
-    majority shortfall (ties: higher minority accuracy); ``message`` says so.
+    Without ``cluster``: binomial, ``√(p (1 − p) / n)``. With ``cluster`` ``[n]`` (the user of
+    each row), the cluster-robust (sandwich) SE, since a user's rows are not independent:
+    ``√(G / (G − 1) · Σ_u (Σ_{i∈u} (c_i − p))²) / n`` over the ``G`` users (binomial when
+    ``G < 2``). NaN for no rows.
     """
+    values = np.asarray(correct, dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan
+    p = float(values.mean())
+    if cluster is None or len(set(cluster)) < 2:
+        return math.sqrt(p * (1 - p) / n)
+    residual = pd.Series(values - p).groupby(np.asarray(cluster)).sum()
+    clusters = len(residual)
+    return math.sqrt(clusters / (clusters - 1) * float((residual ** 2).sum())) / n
+
+
+def select(trials: Trials, *, baseline_majority: float, epsilon: float = 0.0,
+           objectives: Sequence[str] = OBJECTIVES, rule: str = "best",
+           minority_se: float = math.nan, se_multiplier: float = 1.0,
+           default: Optional[Sequence[float]] = None) -> Selection:
+    """Pick the PAFO trial among the Pareto-front trials whose majority accuracy is at least
+    ``baseline_majority − epsilon`` ("those that meet the constraint").
+
+    ``rule`` (:data:`RULES`):
+
+    - ``best``: the highest minority accuracy among them.
+    - ``one_se``: the one-standard-error rule. With ``b`` the best minority accuracy among
+      them and ``s = se_multiplier · minority_se``, the trials with minority ≥ ``b − s`` are
+      indistinguishable from the best on validation; of those, the most conservative — the
+      highest majority accuracy — is chosen.
+    - ``beat_default``: the ``best`` trial only when its minority accuracy beats the default
+      weights' (``default`` = ``(majority, minority)``) by more than ``s``; otherwise none is
+      chosen, ``kept_default`` is True, and the distill stage keeps its configured weights.
+
+    ``minority_se``: the standard error of a validation minority accuracy (e.g.
+    :func:`accuracy_se` of the default student's rows, by user), needed by ``one_se`` and
+    ``beat_default``. ``objectives`` is ``(majority, minority)``. Ties: higher majority
+    accuracy, then the lowest ``trial_id`` (row order when there is none). When no front member
+    meets the constraint, ``chosen`` is None and ``closest`` is the front member with the
+    smallest majority shortfall (ties: higher minority accuracy); ``message`` says so.
+    """
+    if rule not in RULES:
+        raise ValueError(f"selection rule must be one of {list(RULES)}, got {rule!r}")
+    if rule != "best":
+        if not (math.isfinite(minority_se) and minority_se >= 0):
+            raise ValueError(f"rule {rule!r} needs a finite minority_se ≥ 0, got {minority_se!r}")
+        if not (math.isfinite(se_multiplier) and se_multiplier > 0):
+            raise ValueError(f"se_multiplier must be a finite number > 0, got {se_multiplier!r}")
+    if rule == "beat_default" and (default is None or len(default) != 2
+                                   or not all(map(math.isfinite, default))):
+        raise ValueError(f"rule 'beat_default' needs the default weights' finite (majority, "
+                         f"minority) validation point, got {default!r}")
     if len(objectives) != 2:
         raise ValueError(f"select needs (majority, minority) objectives, got {list(objectives)}")
     if not math.isfinite(baseline_majority):
@@ -123,14 +174,23 @@ def select(trials: Trials, *, baseline_majority: float, epsilon: float = 0.0,
         raise ValueError(f"epsilon must be a finite number ≥ 0, got {epsilon!r}")
     majority, minority = objectives
     threshold = baseline_majority - epsilon
-    rule = (f"highest {minority} among Pareto-front trials with {majority} ≥ baseline "
-            f"{baseline_majority:.4f} − ε {epsilon:g} = {threshold:.4f}")
+    band = se_multiplier * minority_se if rule != "best" else 0.0
+    among = (f"Pareto-front trials with {majority} ≥ baseline {baseline_majority:.4f} − ε "
+             f"{epsilon:g} = {threshold:.4f}")
+    rule_text = {
+        "best": f"highest {minority} among {among}",
+        "one_se": (f"highest {majority} among {among} whose {minority} is within "
+                   f"{se_multiplier:g} SE ({band:.4f}) of the best"),
+        "beat_default": (f"highest {minority} among {among}, if it beats the default weights' "
+                         f"{default[1] if default else math.nan:.4f} by more than {se_multiplier:g}"
+                         f" SE ({band:.4f}); else the default weights"),
+    }[rule]
 
     front = pareto_front(trials, objectives)
     excluded = front.attrs["excluded"]
     records = front.to_dict("records")
     left_out = f" ({excluded} trial(s) with NaN/inf objectives left out)" if excluded else ""
-    result = Selection(chosen=None, rule=rule, front=records, threshold=threshold,
+    result = Selection(chosen=None, rule=rule_text, front=records, threshold=threshold,
                        excluded=excluded)
     if front.empty:
         result.message = f"no trial has finite objectives, so none was chosen{left_out}"
@@ -138,8 +198,19 @@ def select(trials: Trials, *, baseline_majority: float, epsilon: float = 0.0,
 
     meets = front[front[majority] >= threshold - _TOLERANCE]
     if len(meets):
-        result.chosen = _best(meets, [minority, majority], [False, False])
+        best = _best(meets, [minority, majority], [False, False])
         result.met_constraint = True
+        if rule == "one_se":
+            within = meets[meets[minority] >= best[minority] - band - _TOLERANCE]
+            best = _best(within, [majority, minority], [False, False])
+        elif rule == "beat_default" and not best[minority] - default[1] > band:
+            result.kept_default = True
+            result.message = (f"kept the default weights: the best, "
+                              f"{_describe(best, objectives)}, beats their {minority} "
+                              f"{default[1]:.4f} by {best[minority] - default[1]:+.4f}, not more "
+                              f"than {band:.4f}{left_out}")
+            return result
+        result.chosen = best
         result.message = f"chose {_describe(result.chosen, objectives)}{left_out}"
         return result
 

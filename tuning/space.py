@@ -38,7 +38,9 @@ SPACE_FILE = "space.yaml"
 BASELINE_SPACE_FILE = "baselines.yaml"
 # Each baseline's own setting: what its search may vary (tuning/baselines.yaml).
 BASELINE_KEYS = {"reweight": ("reweight_power",), "groupdro": ("groupdro_eta",),
-                 "fairness_penalty": ("fairness_alpha",)}
+                 "fairness_penalty": ("fairness_alpha",),
+                 "faro_dp": ("faro_epsilon", "faro_dual_lr"),
+                 "faro_eo": ("faro_epsilon", "faro_dual_lr")}
 TYPES = ("uniform", "loguniform", "int", "choice", "fixed")
 _SPEC_KEYS = {
     "uniform": {"low", "high"},

@@ -1,4 +1,5 @@
-"""Stage ``baselines``: reweight, groupdro and fairness_penalty through the same trainer.
+"""Stage ``baselines``: reweight, groupdro, fairness_penalty and (opt-in) faro_dp / faro_eo
+through the same trainer.
 
 All rows, the same model, data and regularisation as vanilla (which trains with the
 teachers); only the objective differs. They fit concurrently. Output: ``baselines/<method>/``.

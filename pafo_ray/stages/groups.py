@@ -87,12 +87,13 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     index = {g: i for i, g in enumerate(names)}
     initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
-                            l2=cfg.groups.l2)
+                            l2=cfg.groups.l2, sizes=cfg.groups.sizes)
     users = users.assign(group=np.asarray(names, dtype=object)[result.groups.numpy()],
                          mixture_score=result.score.numpy())
     details = {"grouping_model_val_accuracy": metrics.get("val_accuracy"),
                "moved_per_round": result.moved,
-               "populations": result.populations.tolist()}
+               "populations": result.populations.tolist(),
+               "sizes": cfg.groups.sizes, "mixing_per_round": result.mixing}
     return users, details
 
 
@@ -106,7 +107,8 @@ def run(ctx: StageContext) -> dict:
     details: dict = {}
     if uses_mixture(cfg):
         users, details = mixture(ctx, users)
-        how = f"mixture of {len(names)} population vectors, {cfg.groups.iterations} rounds"
+        how = (f"mixture of {len(names)} population vectors, {cfg.groups.iterations} rounds, "
+               f"sizes by {cfg.groups.sizes}")
     else:
         users = users.assign(group=users["support_group"], mixture_score=np.nan)
         how = ("row-level support groups, kept" if cfg.prepare.group_level == "row"

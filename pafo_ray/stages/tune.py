@@ -5,7 +5,12 @@ cached embeddings and teacher margins, with validation majority and minority acc
 the two objectives. Then the PAFO rule (:func:`tuning.pareto.select`): among the Pareto
 front, the highest minority accuracy whose majority accuracy is at least vanilla's − ε.
 When no trial meets it, nothing is chosen and the distill stage keeps its configured
-weights; vanilla is never passed off as PAFO.
+weights; vanilla is never passed off as PAFO. ``tune.selection`` picks among the trials that
+meet it (:data:`tuning.pareto.RULES`): the best validation minority accuracy, the one-SE rule,
+or the default weights unless beaten by more than an SE — the SE being that of the
+default-weights student's validation minority accuracy, clustered by user
+(:func:`default_reference`). The baselines' searches use the same rule (their default is the
+baselines stage's model at its configured setting).
 
 With ``tune.tune_baselines`` each baseline gets its own search of its own setting
 (``tuning/baselines.yaml``: reweight_power, groupdro_eta, fairness_alpha) with the same budget,
@@ -133,11 +138,13 @@ def run(ctx: StageContext) -> dict:
     outcome = run_search(cfg, data, storage_path=ctx.run_dir.ray_storage(NAME),
                          name=f"search-{stage_hash(ctx, NAME)}")
     trials = outcome.trials
-    selection = select(trials, baseline_majority=baseline_majority, epsilon=cfg.tune.epsilon)
+    reference = default_reference(cfg, data) if cfg.tune.selection != "best" else {}
+    selection = select(trials, baseline_majority=baseline_majority, epsilon=cfg.tune.epsilon,
+                       **rule_arguments(cfg, reference, reference.get("point")))
     front = pareto_front(trials)
     baselines = {}
     if cfg.tune.tune_baselines and is_active(cfg, "baselines"):
-        baselines = search_baselines(ctx, data, baseline_majority)
+        baselines = search_baselines(ctx, data, baseline_majority, reference, points)
         for method, found in baselines.items():
             if found["chosen"]:
                 points[method] = (found["chosen"]["val_majority_accuracy"],
@@ -169,12 +176,56 @@ def run(ctx: StageContext) -> dict:
         "plot": plot,
         "resumed": outcome.resumed,
         "baseline_searches": baselines,
+        "selection": {"rule": cfg.tune.selection, "kept_default": selection.kept_default,
+                      **{k: _clean(v) if not isinstance(v, list) else [_clean(x) for x in v]
+                         for k, v in reference.items()}},
     }
 
 
-def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
+def rule_arguments(cfg, reference: dict, default) -> dict:
+    """Keyword arguments of :func:`tuning.pareto.select` for ``tune.selection``."""
+    if cfg.tune.selection == "best":
+        return {}
+    return {"rule": cfg.tune.selection, "minority_se": reference["minority_se"],
+            "se_multiplier": cfg.tune.selection_se_multiplier,
+            "default": None if default is None else tuple(default)}
+
+
+def default_reference(cfg, data, fitted: tuple | None = None) -> dict:
+    """The default-weights student fitted in-process (as a trial would be, with the run's
+    distill settings; ``fitted``: its ``(model, val metrics)`` when already trained): its
+    validation ``point`` (majority, minority) and the standard errors of those accuracies,
+    clustered by user (:func:`tuning.pareto.accuracy_se`)."""
+    import numpy as np
+
+    from pafo_ray.train import jobs as J
+    from pafo_ray.train.arrays import build_rows, user_map
+    from pafo_ray.train.inmemory import train_student
+    from pafo_ray.train.loop import PairScorer, score_rows
+    from tuning.pareto import OBJECTIVES, accuracy_se
+
+    model, metrics = fitted or train_student(data, cfg)
+    names = J.names(cfg)
+    rows = build_rows(data.val, users=user_map(model.user_ids), group_names=names,
+                      cache=data.cache)
+    correct = score_rows(PairScorer(model), rows, data.cache) > 0
+    group = rows.group_index.numpy()
+    users = data.val["user_id"].astype(str).to_numpy()
+    se = {name: accuracy_se(correct[group == i], users[group == i]) for i, name in enumerate(names)}
+    majority, minority = OBJECTIVES
+    return {"point": [_number(metrics.get(majority)), _number(metrics.get(minority))],
+            "minority_se": se[names[0]], "majority_se": se[names[-1]],
+            "minority_binomial_se": accuracy_se(correct[group == 0]),
+            "val_rows": {name: int((group == i).sum()) for i, name in enumerate(names)},
+            "val_users": {name: int(len(np.unique(users[group == i])))
+                          for i, name in enumerate(names)}}
+
+
+def search_baselines(ctx: StageContext, data, baseline_majority: float,
+                     reference: dict | None = None, points: dict | None = None) -> dict:
     """Each baseline's own search (same budget, sampler, seed and rule as the student's); the
-    chosen setting trained in-process and saved as ``tune/baselines/<method>``."""
+    chosen setting trained in-process and saved as ``tune/baselines/<method>``. Under the
+    ``beat_default`` rule a baseline's default is its baselines-stage model (``points``)."""
     from pafo_ray.train.inmemory import train_student
     from tuning.pareto import select
     from tuning.search import run_search
@@ -190,7 +241,8 @@ def search_baselines(ctx: StageContext, data, baseline_majority: float) -> dict:
                              name=f"search-{stage_hash(ctx, NAME)}-{method}", method=method,
                              param_space=domains(spaces[method]))
         selection = select(outcome.trials, baseline_majority=baseline_majority,
-                           epsilon=cfg.tune.epsilon)
+                           epsilon=cfg.tune.epsilon,
+                           **rule_arguments(cfg, reference or {}, (points or {}).get(method)))
         _write_table(ctx, outcome.trials, f"baselines_{method}.csv")
         found = {"trials": len(outcome.trials), "errors": outcome.errors,
                  "front": [trial_record(r) for r in selection.front],

@@ -31,7 +31,7 @@ class StudentData:
 # What a frozen-mode student reads of the rows: ids, weights, groups and every teacher margin,
 # not the texts (the cache holds their embeddings). At millions of rows the texts would be most
 # of the memory, and every trial receives this data through the object store.
-_STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "weight",
+STUDENT_COLUMNS = ["row_id", "user_id", "chosen_text_id", "rejected_text_id", "weight",
                     "group", "user_group", "labelled", "extra_rank", "margin"]
 
 
@@ -43,7 +43,7 @@ def _student_frame(uri: str) -> pd.DataFrame:
     fs, path = split_uri(uri)
     names = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema.names
     margins = [c for c in names if c.startswith("margin_") and not c.endswith("_unknown_user")]
-    return read_frame(uri, _STUDENT_COLUMNS + margins)
+    return read_frame(uri, STUDENT_COLUMNS + margins)
 
 
 def load_student_data(cfg: PipelineConfig) -> StudentData:
@@ -56,7 +56,7 @@ def load_student_data(cfg: PipelineConfig) -> StudentData:
     if layout.has_margin_rows("extra"):  # the trials choose how many to use
         extra = _student_frame(layout.margin_rows("extra"))
         train = pd.concat([train, extra], ignore_index=True)
-    val = read_frame(layout.grouped_rows("val")[0], _STUDENT_COLUMNS)
+    val = read_frame(layout.grouped_rows("val")[0], STUDENT_COLUMNS)
     return StudentData(train=train, val=val, users=layout.user_ids(),
                        teacher_stats=layout.teacher_stats(),
                        cache=read_cache(layout.embed_cache()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pafo_ray.config import PipelineConfig
 from pafo_ray.data.schema import group_names
 
-BASELINE_KINDS = {"reweight", "groupdro", "fairness_penalty"}
+BASELINE_KINDS = {"reweight", "groupdro", "fairness_penalty", "faro_dp", "faro_eo"}
 
 
 def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
@@ -21,6 +21,9 @@ def objective_for(method: str, cfg: PipelineConfig, distill=None) -> dict:
         return {**base, "kind": "groupdro", "groupdro_eta": cfg.baselines.groupdro_eta}
     if method == "fairness_penalty":
         return {**base, "kind": "fairness_penalty", "fairness_alpha": cfg.baselines.fairness_alpha}
+    if method in ("faro_dp", "faro_eo"):
+        return {**base, "kind": method, "faro_epsilon": cfg.baselines.faro_epsilon,
+                "faro_dual_lr": cfg.baselines.faro_dual_lr}
     if method == "pafo":
         d = distill or cfg.distill
         return {**base, "kind": "pafo", "group_weight": [d.minority_weight] + [1.0] * (k - 1),

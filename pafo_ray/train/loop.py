@@ -67,7 +67,10 @@ class Objective:
     """How per-row Bradley–Terry losses become the training loss.
 
     kind: ``bt`` (vanilla, teachers), ``reweight`` (inverse group frequency), ``groupdro``,
-    ``fairness_penalty``, ``pafo`` (BT + λ·D toward the own group's teacher margin).
+    ``fairness_penalty``, ``faro_dp`` / ``faro_eo`` (BT under a demographic-parity /
+    equalized-odds constraint with slack ``faro_epsilon``, Lagrange multipliers by dual ascent
+    at rate ``faro_dual_lr``: :class:`pafo_ray.losses.FaroConstraint`), ``pafo`` (BT + λ·D
+    toward the own group's teacher margin).
     ``group_weight`` multiplies row weights per group (pafo: [w_min, 1, ...]).
     """
 
@@ -77,6 +80,8 @@ class Objective:
     reweight_power: float = 1.0
     groupdro_eta: float = 0.05
     fairness_alpha: float = 1.0
+    faro_epsilon: float = 0.02
+    faro_dual_lr: float = 0.5
     distill_loss: str = "mse"
     lam: float = 1.0
     temperature: float = 1.0
@@ -87,6 +92,9 @@ class Objective:
     def __post_init__(self):
         self._dro = (losses.GroupDRO(self.num_groups, self.groupdro_eta)
                      if self.kind == "groupdro" else None)
+        self._faro = (losses.FaroConstraint(self.num_groups, self.kind[len("faro_"):],
+                                            self.faro_epsilon, self.faro_dual_lr)
+                      if self.kind in ("faro_dp", "faro_eo") else None)
 
     def prepare(self, train: Rows) -> None:
         """Fix the per-group weights from the training rows (reweight)."""
@@ -119,6 +127,9 @@ class Objective:
             per_row = losses.bradley_terry_loss(margin, offset) * weight
             if self.kind == "groupdro":
                 loss = self._dro(per_row, group)
+            elif self._faro is not None:
+                loss = self._faro(margin, group, weight, label=_label_class(rows, device)
+                                  if self.kind == "faro_eo" else None)
             elif self.kind == "fairness_penalty":
                 loss = losses.fairness_penalty_loss(per_row, group, self.num_groups,
                                                     self.fairness_alpha)
@@ -130,11 +141,26 @@ class Objective:
         return loss, metrics
 
     def state_dict(self) -> dict:
+        if self._faro is not None:
+            return {"multipliers": self._faro.multipliers.tolist()}
         return {"q": self._dro.q.tolist()} if self._dro is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if self._dro is not None and "q" in state:
             self._dro.q.copy_(torch.as_tensor(state["q"]))
+        if self._faro is not None and "multipliers" in state:
+            self._faro.multipliers.copy_(torch.as_tensor(state["multipliers"]))
+
+
+def _label_class(rows: Rows, device=None) -> torch.Tensor:
+    """``[n]`` long: 1 where the chosen response is the pair's first by text id, else 0 — the
+    label of the pair in a fixed orientation (Faro's equalized odds conditions on it). The
+    cache is sorted by text id, so cache positions order the pair as text ids do."""
+    if rows.chosen_index is None or rows.rejected_index is None:
+        raise ValueError("baseline faro_eo needs the embedding cache's text positions "
+                         "(model.mode=frozen) to orient each pair")
+    label = (rows.chosen_index < rows.rejected_index).long()
+    return label.to(device) if device is not None else label
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
