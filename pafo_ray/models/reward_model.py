@@ -252,6 +252,14 @@ class RewardModel(nn.Module):
         self._rows[user_id] = len(self.user_ids) - 1
         return self._rows[user_id]
 
+    def fit_user(self, user_id: str, prompts: Sequence[str], chosen: Sequence[str],
+                 rejected: Sequence[str], **kwargs):
+        """Fair cold start of a new user from answered comparisons: placed in the group whose
+        vector explains them best, its offset fitted from there (pafo_ray.coldstart.fit_user)."""
+        from pafo_ray.coldstart import fit_user
+
+        return fit_user(self, user_id, prompts, chosen, rejected, **kwargs)
+
     # ------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path, include_backbone: bool = False) -> Path:
