@@ -156,10 +156,8 @@ def run(args) -> dict:
     model = RewardModel.from_pretrained(ctx.run_dir.uri("distill", "student"))
     cache = read_cache(ctx.run_dir.uri("embed", "cache"))
     lowest = group_names(cfg.prepare.num_groups)[0]
-    rng = np.random.default_rng(args.seed)
-    tallies: dict = {}
+    users = []
     for user, rows in heldout.groupby("user_id"):
-        kind = rows["user_type"].iloc[0]
         pool_rows, test_rows = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
         if test_rows.empty:
             continue
@@ -167,33 +165,46 @@ def run(args) -> dict:
                      for s in ("chosen", "rejected"))
         test = tuple(_phi(model, cache, test_rows["prompt"].tolist(), test_rows[s].tolist())
                      for s in ("chosen", "rejected"))
-        result = evaluate_user(model, pool, test, ks=args.ks, shrinkage=args.shrinkage, rng=rng,
-                               lowest=lowest)
-        for method, by_k in result.items():
-            for k, (hits, n, placed) in by_k.items():
-                t = tallies.setdefault((kind, method, k), [0, 0, 0, 0])
-                t[0] += hits
-                t[1] += n
-                t[2] += placed
-                t[3] += 1
-    table = {f"{kind}|{method}|{k}": {"accuracy": t[0] / t[1], "rows": t[1],
-                                      "placed_lowest": t[2] / t[3], "users": t[3]}
-             for (kind, method, k), t in sorted(tallies.items())}
+        users.append((rows["user_type"].iloc[0], pool, test))
+    tables = {}
+    for shrinkage in args.shrinkage:
+        rng = np.random.default_rng(args.seed)  # the same answer orders for every shrinkage
+        tallies: dict = {}
+        for kind, pool, test in users:
+            result = evaluate_user(model, pool, test, ks=args.ks, shrinkage=shrinkage, rng=rng,
+                                   lowest=lowest)
+            for method, by_k in result.items():
+                for k, (hits, n, placed) in by_k.items():
+                    t = tallies.setdefault((kind, method, k), [0, 0, 0, 0])
+                    t[0] += hits
+                    t[1] += n
+                    t[2] += placed
+                    t[3] += 1
+        tables[str(shrinkage)] = {
+            f"{kind}|{method}|{k}": {"accuracy": t[0] / t[1], "rows": t[1],
+                                     "placed_lowest": t[2] / t[3], "users": t[3]}
+            for (kind, method, k), t in sorted(tallies.items())}
     return {"dataset": args.dataset, "seed": args.seed, "holdout": args.holdout,
-            "held_out_users": len(held), "shrinkage": args.shrinkage,
-            "train_seconds": round(train_seconds, 1), "run": str(ctx.run_dir.root),
-            "table": table}
+            "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
+            "run": str(ctx.run_dir.root), "tables": tables}
 
 
 def render(result: dict, command: str) -> str:
-    ks = sorted({int(key.split("|")[2]) for key in result["table"]})
     lines = [f"## Cold start, {result['dataset']} (seed {result['seed']}, "
-             f"{result['held_out_users']} held-out users, shrinkage {result['shrinkage']})", "",
-             f"Command: `{command}`", "",
+             f"{result['held_out_users']} held-out users)", "", f"Command: `{command}`", "",
              "Test accuracy of held-out users after k answered comparisons (pooled rows); "
-             "in brackets: share of those users placed in the lowest-support group.", "",
+             "in brackets: share of those users placed in the lowest-support group.", ""]
+    for shrinkage, table in result["tables"].items():
+        lines += _render_table(table, shrinkage)
+    return "\n".join(lines) + "\n"
+
+
+def _render_table(table: dict, shrinkage: str) -> list:
+    ks = sorted({int(key.split("|")[2]) for key in table})
+    lines = [f"Offset shrinkage {shrinkage}:", "",
              "| type | method | " + " | ".join(f"k={k}" for k in ks) + " |",
              "|---|---|" + "---|" * len(ks)]
+    result = {"table": table}
     for kind in ("majority", "minority"):
         for method in METHODS:
             cells = []
@@ -206,7 +217,7 @@ def render(result: dict, command: str) -> str:
                 cells.append(f"{100 * row['accuracy']:.1f}{placed}")
             users = result["table"].get(f"{kind}|{method}|{ks[0]}", {}).get("users", 0)
             lines.append(f"| {kind} ({users}) | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def main(argv=None) -> int:
@@ -219,8 +230,9 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout", type=float, default=0.25, help="share of each type held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--shrinkage", type=float, default=1.0,
-                        help="ridge pull of a new user's offset towards its start")
+    parser.add_argument("--shrinkage", type=float, nargs="+", default=[0.1, 1.0],
+                        help="ridge pulls of a new user's offset towards its start (each "
+                             "reported; none chosen on the test rows)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--smoke", action="store_true", help="tiny data (CI)")
@@ -240,11 +252,12 @@ def main(argv=None) -> int:
     (Path(args.out) / "coldstart.md").write_text(text)
     (Path(args.out) / "coldstart.json").write_text(json.dumps(result, indent=2))
     print(text)
-    for method in METHODS:
-        row = result["table"].get(f"minority|{method}|5")
-        if row:
-            record("coldstart", f"minority-type unseen users, acc after 5 answers ({method})",
-                   100 * row["accuracy"], unit="%")
+    for shrinkage, table in result["tables"].items():
+        for method in METHODS:
+            row = table.get(f"minority|{method}|5")
+            if row:
+                record("coldstart", f"minority-type unseen users, acc after 5 answers "
+                       f"({method}, shrinkage {shrinkage})", 100 * row["accuracy"], unit="%")
     return 0
 
 
