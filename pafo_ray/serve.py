@@ -27,8 +27,8 @@ Malformed requests get a 4xx with a message naming the field; the replica never 
 fields.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself on the
+# route methods (Serve's ingress wraps them, and string annotations then resolve to nothing).
 import dataclasses
 import logging
 from typing import Any
@@ -129,6 +129,10 @@ class RewardServer:
         torch.set_num_threads(1)
         self.model = RewardModel.from_pretrained(model).to(device).eval()
         self.model.cold_start = cold_start
+        # Load the backbone now (frozen mode loads it on first use): the replica reports ready
+        # only when it can answer, and the first request does not pay for the load.
+        self.model.score([""], ["warm up"], ["warm up"])
+        self.model.unknown_users_seen = 0
         self.max_items = max_items
         self.batched.set_max_batch_size(max_batch_size)
         self.batched.set_batch_wait_timeout_s(batch_wait_timeout_s)

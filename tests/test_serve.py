@@ -7,6 +7,7 @@ at the end, and Serve runs inside the test session's Ray.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -22,6 +23,10 @@ from pafo_ray.serve import RequestError, build_app, parse_get_reward, parse_scor
 
 WORDS = ["hello", "world", "answer", "question", "short", "formal"]
 USERS = ["alice", "bob"]
+# Serve's controller kills a proxy that is not ready within 5 s: on a loaded CI machine a new
+# worker process takes longer. Set before the session's Ray starts (its processes inherit it).
+for _key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+    os.environ.setdefault(_key, "60")
 
 
 def _free_port() -> int:
@@ -34,7 +39,7 @@ def _post(url: str, body, raw: bytes | None = None) -> tuple:
     data = raw if raw is not None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=180) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
