@@ -45,8 +45,11 @@ def _config(args, data_dir: str):
               "data.generator.seed": args.seed, "tune.num_samples": 0, "baselines.methods": [],
               "teachers.init": "scratch", "train.epochs": args.epochs,
               "train.checkpoint_every": args.epochs}
+    if args.backbone:
+        values["model.backbone"] = args.backbone
     if args.smoke:
         values.update({**SMOKE, "train.checkpoint_every": 3})
+    values.update(dict(o.split("=", 1) for o in args.overrides))
     cfg = load_config(None, as_overrides(values))
     generator = cfg.data.generator
     cfg = load_config(None, as_overrides({**values, "data.source": "parquet",
@@ -186,12 +189,14 @@ def run(args) -> dict:
             for (kind, method, k), t in sorted(tallies.items())}
     return {"dataset": args.dataset, "seed": args.seed, "holdout": args.holdout,
             "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
+            "backbone": cfg.model.backbone,
             "run": str(ctx.run_dir.root), "tables": tables}
 
 
 def render(result: dict, command: str) -> str:
     lines = [f"## Cold start, {result['dataset']} (seed {result['seed']}, "
-             f"{result['held_out_users']} held-out users)", "", f"Command: `{command}`", "",
+             f"{result['held_out_users']} held-out users, backbone {result['backbone']}, "
+             f"pipeline {result['train_seconds']} s)", "", f"Command: `{command}`", "",
              "Test accuracy of held-out users after k answered comparisons (pooled rows); "
              "in brackets: share of those users placed in the lowest-support group.", ""]
     for shrinkage, table in result["tables"].items():
@@ -235,7 +240,10 @@ def main(argv=None) -> int:
                              "reported; none chosen on the test rows)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--backbone", default=None,
+                        help="model.backbone (default: the quality suite's minilm)")
     parser.add_argument("--smoke", action="store_true", help="tiny data (CI)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.smoke and args.out == DEFAULT_OUT:
