@@ -6,6 +6,8 @@
     pafo-ray generate OUT_DIR [generator overrides ...]
     pafo-ray show-config [--config my.yaml] [overrides]
     pafo-ray plan [--config my.yaml] [overrides]   # resources per stage vs the cluster
+    pafo-ray serve [--config my.yaml] [serve.model=DIR serve.port=8000 ...]
+    pafo-ray score MODEL INPUT OUTPUT [--cold-start mean|population] [...]
 
 Nothing heavy is imported until a command runs, so ``--help`` is instant.
 """
@@ -18,7 +20,7 @@ import sys
 from typing import Optional
 
 # Commands that are not pipeline stages (every other subcommand is one, from the registry).
-TOOLS = ("run", "generate", "plan", "show-config")
+TOOLS = ("run", "generate", "plan", "show-config", "serve", "score")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
                           "the cluster, and what runs at once")
     plan.add_argument("--config")
     plan.add_argument("overrides", nargs="*")
+    add_use_commands(sub)
     show = sub.add_parser("show-config", help="print the bound config as YAML, each key "
                           "with its help as a comment")
     show.add_argument("--config")
@@ -67,6 +70,8 @@ def main(argv: Optional[list] = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "score":
+            return _score(args)
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"pafo-ray: config error: {redact_text(str(exc))}", file=sys.stderr)
@@ -78,6 +83,8 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if args.command == "plan":
         return _plan(cfg)
+    if args.command == "serve":
+        return _serve(cfg)
     if getattr(args, "force", False):
         cfg.run.force = True
     if getattr(args, "wait", None) is not None:
@@ -166,6 +173,49 @@ def _plan(cfg) -> int:
     text = format_plan(cfg, _stages(cfg, "plan"), capacity, where)
     print(text)
     return 1 if "\nerror: " in text else 0
+
+
+def add_use_commands(sub) -> None:
+    """``serve`` and ``score``: the trained student in use (pafo_ray.serve, pafo_ray.score)."""
+    serve = sub.add_parser("serve", help="Ray Serve: the student behind HTTP (POST /score, "
+                           "/get_reward); settings in the serve section")
+    serve.add_argument("--config", help="YAML config (sections as in pafo_ray/config.py)")
+    serve.add_argument("overrides", nargs="*", help="e.g. serve.model=DIR serve.num_replicas=2")
+    score = sub.add_parser("score", help="Ray Data batch inference: a saved student scores a "
+                           "parquet/jsonl file of (user_id, prompt, response) or pairs")
+    score.add_argument("model", help="student folder, s3:// or gs:// URI, or hub id")
+    score.add_argument("input", help="parquet file/folder or .jsonl; local or a URI")
+    score.add_argument("output", help="parquet folder to write")
+    score.add_argument("--cold-start", default="mean", choices=["mean", "population"],
+                       help="unknown users: the mean user embedding, or the population (offset 0)")
+    score.add_argument("--batch-size", type=int, default=64, help="rows per scoring batch")
+    score.add_argument("--num-actors", type=int, default=1, help="scoring actors (capped by CPUs)")
+    score.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="0: CPU")
+    score.add_argument("--ray-address", default=None, help="join this Ray (default: local)")
+
+
+def _serve(cfg) -> int:
+    from pafo_ray import serve
+
+    serve.run(cfg, blocking=True)
+    return 0
+
+
+def _score(args) -> int:
+    from pafo_ray.config import RayConfig
+    from pafo_ray.ray_session import init_ray
+    from pafo_ray.score import ScoreInputError, score_file
+
+    try:
+        init_ray(RayConfig(address=args.ray_address, progress_bars=False))
+        out = score_file(args.model, args.input, args.output, cold_start=args.cold_start,
+                         batch_size=args.batch_size, num_actors=args.num_actors,
+                         num_gpus_per_actor=args.num_gpus_per_actor)
+    except (ScoreInputError, FileNotFoundError) as exc:
+        print(f"pafo-ray score: {exc}", file=sys.stderr)
+        return 1
+    print(f"scored {out['files']} file(s) ({out['mode']}) into {out['output']}")
+    return 0
 
 
 def _generate(args) -> int:

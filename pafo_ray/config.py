@@ -348,6 +348,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``pafo-ray serve``: the student behind HTTP on Ray Serve (pafo_ray.serve)."""
+
+    model: str = _f("", "The student to serve: a local folder, s3:// or gs:// URI, or a hub id "
+                    "(empty: <storage_path>/<run_name>/distill/student).")
+    app_name: str = _f("pafo-reward", "Ray Serve application name.")
+    host: str = _f("127.0.0.1", "HTTP host of Serve's proxy (0.0.0.0 to listen beyond this machine).")
+    port: int = _f(8000, "HTTP port of Serve's proxy.")
+    route_prefix: str = _f("/", "URL prefix of the app: POST <prefix>score and <prefix>get_reward.")
+    num_replicas: int = _f(1, "Replicas when autoscaling is off.")
+    autoscaling: bool = _f(False, "Scale replicas with load between min_replicas and max_replicas.")
+    min_replicas: int = _f(1, "Autoscaling: fewest replicas.")
+    max_replicas: int = _f(2, "Autoscaling: most replicas.")
+    target_ongoing_requests: float = _f(8.0, "Autoscaling: requests in flight per replica to aim for.")
+    max_ongoing_requests: int = _f(64, "Requests one replica accepts at once (more wait in the proxy).")
+    max_batch_size: int = _f(32, "@serve.batch: requests scored together in one forward pass.")
+    batch_wait_timeout_s: float = _f(0.005, "@serve.batch: how long a batch waits to fill.")
+    num_cpus_per_replica: float = _f(1.0, "CPUs per replica.")
+    num_gpus_per_replica: float = _f(0.0, "GPUs per replica (0: CPU).")
+    cold_start: Literal["mean", "population"] = _f(
+        "mean", "Users the model has not seen: the mean user embedding, or the population "
+        "(user offset 0). Adapt a new user with comparisons by RewardModel.fit_user.")
+    max_items: int = _f(1024, "Most responses one request may carry (more: HTTP 413).")
+
+
+@dataclass
 class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -362,6 +388,7 @@ class PipelineConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -110,6 +110,16 @@ class RewardHead(nn.Module):
         weights = users + population if population is not None else users
         return (weights * base).sum(dim=-1)
 
+    def score_vectors(self, phi: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Rewards ``[B]`` of ``phi [B, D]`` for explicit user offsets ``users [B, K]`` (rows of
+        no table: the cold start scores candidate group vectors and fits new offsets with it)."""
+        if users.shape != (phi.shape[0], self.rank):
+            raise ValueError(f"users must be [{phi.shape[0]}, {self.rank}], got {list(users.shape)}")
+        if self.head == "mlp":
+            return self.mlp(torch.cat([phi, users], dim=-1)).squeeze(-1)
+        weights = users + self.population if self.population is not None else users
+        return (weights * self.base(phi)).sum(dim=-1)
+
     def user_penalty(self) -> torch.Tensor:
         """Mean over users of ``||e_u||²`` (scalar); the trainer multiplies by ``user_shrinkage``."""
         return self.user_embedding.weight.pow(2).sum(dim=-1).mean()

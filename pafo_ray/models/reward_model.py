@@ -1,14 +1,21 @@
 """The personalized reward model r(u, x, y) = head(φ(x, y), e_u) and its saved form.
 
-Saved folder (no pickle)::
+Saved folder (no pickle; one folder that loads anywhere)::
 
-    config.json         format_version, the ModelConfig fields, input_dim, num_users, pooling,
-                        backbone_dir ("backbone" in finetune mode, else null)
+    config.json         model_type "pafo_reward" (transformers.AutoConfig reads it once
+                        pafo_ray.models.hf_config is imported), format_version, the ModelConfig
+                        fields, input_dim, num_users, pooling, backbone_dir, backbone_ref
     model.safetensors   head weights
     user_ids.json       the user ids, in embedding-row order
-    backbone/           finetune mode only: the trained HF model + tokenizer (save_pretrained)
+    user_groups.json    optional: each user's group (the run's final groups) -> the group
+                        vectors of the fair cold start (pafo_ray.coldstart)
+    backbone/           finetune mode: the trained HF model + tokenizer (save_pretrained);
+                        frozen mode: a copy of the frozen backbone when saved with
+                        ``include_backbone=True`` — otherwise ``backbone_ref`` pins it by name
+                        and revision (hub commit, or a fingerprint of a local folder), and a
+                        load that resolves a different revision warns
 
-Load it and score from Python::
+Load it and score from Python (a local folder, ``s3://``/``gs://`` URI or a hub id)::
 
     model = RewardModel.from_pretrained("runs/demo/distill/student")
     rewards = model.score(["alice", "bob"], ["Q?", "Q?"], ["answer one", "answer two"])
@@ -17,7 +24,12 @@ Load it and score from Python::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -29,11 +41,35 @@ from pafo_ray.config import ModelConfig
 from pafo_ray.models.backbone import TextEncoder, quiet_progress
 from pafo_ray.models.heads import RewardHead
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before model_type, backbone_ref and user_groups.json
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 USERS_NAME = "user_ids.json"
+GROUPS_NAME = "user_groups.json"
 BACKBONE_DIR = "backbone"
+COLD_START = ("mean", "population")
+MODEL_TYPE = "pafo_reward"  # config.json's model_type (pafo_ray.models.hf_config registers it)
+log = logging.getLogger(__name__)
+
+
+def backbone_revision(path: str) -> str:
+    """A pin for a resolved backbone folder: the hub commit of a cache snapshot
+    (``.../snapshots/<commit>``), else ``sha256:`` of config.json and the files' names+sizes."""
+    parts = Path(path).parts
+    if len(parts) >= 2 and parts[-2] == "snapshots":
+        return parts[-1]
+    if not os.path.isdir(path):
+        return ""
+    digest = hashlib.sha256()
+    config = Path(path) / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            digest.update(f"{name}:{os.path.getsize(full)}".encode())
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 class RewardModel(nn.Module):
@@ -49,6 +85,12 @@ class RewardModel(nn.Module):
         if len(self._rows) != len(self.user_ids):
             raise ValueError("user_ids holds duplicates; each user needs exactly one embedding row")
         self.unknown_users_seen = 0
+        # Unknown users: "mean" (the mean user embedding) or "population" (offset 0).
+        self.cold_start = "mean"
+        # user id -> group name (the run's final groups), for the fair cold start.
+        self.user_groups: dict[str, str] = {}
+        self.backbone_ref: Optional[dict] = None  # the pinned backbone a loaded model names
+        self._loaded_backbone: Optional[str] = None  # backbone/ of the folder it loaded from
         if model_cfg.mode == "finetune":
             if encoder is None:
                 raise ValueError("model.mode='finetune' needs a TextEncoder "
@@ -126,11 +168,20 @@ class RewardModel(nn.Module):
             return self.encoder
         if not self._scoring_encoder:
             cfg = self.model_cfg
-            encoder = TextEncoder(cfg.backbone, pooling=cfg.pooling, max_length=cfg.max_length,
+            name = self._loaded_backbone or cfg.backbone
+            encoder = TextEncoder(name, pooling=cfg.pooling, max_length=cfg.max_length,
                                   template=cfg.template).to(self.head.user_embedding.weight.device)
             if encoder.hidden_size != self.input_dim:
                 raise ValueError(f"backbone {cfg.backbone!r} gives {encoder.hidden_size}-wide "
                                  f"embeddings but this model was trained on {self.input_dim}")
+            pinned = (self.backbone_ref or {}).get("revision")
+            if pinned and not self._loaded_backbone:
+                from pafo_ray.models.backbone import resolve_backbone
+
+                found = backbone_revision(resolve_backbone(cfg.backbone))
+                if found and found != pinned:
+                    log.warning("backbone %r resolves to revision %s, but this model was saved "
+                                "with %s: scores may differ", cfg.backbone, found, pinned)
             self._scoring_encoder.append(encoder)
         return self._scoring_encoder[0]
 
@@ -159,57 +210,170 @@ class RewardModel(nn.Module):
                 index = self.user_index(user_ids[start:stop]).to(device)
                 if embeddings is not None:
                     phi = torch.as_tensor(np.asarray(embeddings[start:stop], dtype=np.float32))
-                    rewards = self.forward_features(phi.to(device), index)
+                    phi = phi.to(device)
                 else:
-                    encoder = self._text_encoder()
-                    if encoder is not self.encoder:
-                        encoder.eval()  # a frozen-mode encoder is not a submodule of self
-                    enc = encoder.tokenize(prompts[start:stop], responses[start:stop])
-                    phi = encoder(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-                    rewards = self.forward_features(phi, index)
+                    phi = self.embed_texts(prompts[start:stop], responses[start:stop])
+                rewards = self.forward_features(phi, index)
+                if self.cold_start == "population" and bool((index < 0).any()):
+                    zero = torch.zeros(len(index), self.head.rank, device=device)
+                    rewards = torch.where(index < 0, self.head.score_vectors(phi, zero), rewards)
                 out.append(rewards.float().cpu().numpy())
         finally:
             self.train(was_training)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
+    @torch.no_grad()
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """φ ``[n, D]`` of (prompt, response) pairs through the model's backbone, on its device."""
+        device = self.head.user_embedding.weight.device
+        encoder = self._text_encoder()
+        if encoder is not self.encoder:
+            encoder.eval()  # a frozen-mode encoder is not a submodule of self
+        enc = encoder.tokenize(list(prompts), list(responses))
+        return encoder(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+
+    # ---------------------------------------------------------------- groups
+
+    def set_user_groups(self, groups: dict) -> None:
+        """``{user_id: group name}``: the run's final groups (ids this model lacks are ignored)."""
+        self.user_groups = {str(u): str(g) for u, g in groups.items()
+                            if str(u) in self._rows and g is not None and g == g}
+
+    def add_user(self, user_id: str, vector: torch.Tensor) -> int:
+        """Append a user row holding ``vector [K]`` (its offset e_u); returns its row."""
+        user_id = str(user_id)
+        if user_id in self._rows:
+            raise ValueError(f"user {user_id!r} already has an embedding row")
+        old = self.head.user_embedding
+        table = torch.cat([old.weight.detach(), vector.detach().reshape(1, -1).to(old.weight)])
+        self.head.user_embedding = nn.Embedding.from_pretrained(table, freeze=False)
+        self.head.num_users = table.shape[0]
+        self.user_ids.append(user_id)
+        self._rows[user_id] = len(self.user_ids) - 1
+        return self._rows[user_id]
+
+    def fit_user(self, user_id: str, prompts: Sequence[str], chosen: Sequence[str],
+                 rejected: Sequence[str], **kwargs):
+        """Fair cold start of a new user from answered comparisons: placed in the group whose
+        vector explains them best, its offset fitted from there (pafo_ray.coldstart.fit_user)."""
+        from pafo_ray.coldstart import fit_user
+
+        return fit_user(self, user_id, prompts, chosen, rejected, **kwargs)
+
     # ------------------------------------------------------------ save / load
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors, user_ids.json (and backbone/ in finetune mode)."""
+    def save_pretrained(self, directory: str | Path, include_backbone: bool = False) -> Path:
+        """Write config.json, model.safetensors, user_ids.json, user_groups.json (when groups are
+        set) and backbone/ (finetune mode always; frozen mode when ``include_backbone``)."""
         from safetensors.torch import save_file
+
+        from pafo_ray.models.backbone import resolve_backbone
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         backbone_dir = None
         pooling = self.model_cfg.pooling
+        backbone_ref = None
         if self.encoder is not None:
             backbone_dir = BACKBONE_DIR
             pooling = self.encoder.pooling  # the resolved choice, not "auto"
             with quiet_progress():
                 self.encoder.model.save_pretrained(directory / BACKBONE_DIR)
             self.encoder.tokenizer.save_pretrained(directory / BACKBONE_DIR)
+        else:
+            backbone_ref = self._pin_backbone()
+            if include_backbone:
+                target = directory / BACKBONE_DIR
+                if self._loaded_backbone and Path(self._loaded_backbone).is_dir():
+                    if Path(self._loaded_backbone).resolve() != target.resolve():
+                        shutil.copytree(self._loaded_backbone, target, dirs_exist_ok=True)
+                elif self._scoring_encoder:
+                    with quiet_progress():
+                        self._scoring_encoder[0].model.save_pretrained(target)
+                    self._scoring_encoder[0].tokenizer.save_pretrained(target)
+                else:
+                    shutil.copytree(resolve_backbone(self.model_cfg.backbone), target,
+                                    dirs_exist_ok=True)
+                backbone_dir = BACKBONE_DIR
         state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         (directory / USERS_NAME).write_text(json.dumps(self.user_ids))
-        config = {"format_version": FORMAT_VERSION, "model": dataclasses.asdict(self.model_cfg),
+        if self.user_groups:
+            (directory / GROUPS_NAME).write_text(json.dumps(self.user_groups))
+        config = {"model_type": MODEL_TYPE, "architectures": ["PafoRewardModel"],
+                  "format_version": FORMAT_VERSION, "model": dataclasses.asdict(self.model_cfg),
                   "input_dim": self.input_dim, "num_users": len(self.user_ids),
-                  "pooling": pooling, "backbone_dir": backbone_dir}
+                  "pooling": pooling, "backbone_dir": backbone_dir, "backbone_ref": backbone_ref}
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         return directory
 
+    def _pin_backbone(self) -> dict:
+        """``{name, revision}`` of the frozen backbone (revision "" when it cannot be resolved)."""
+        from pafo_ray.models.backbone import BackboneError, resolve_backbone
+
+        if self.backbone_ref is not None:
+            return dict(self.backbone_ref)
+        try:
+            revision = backbone_revision(resolve_backbone(self.model_cfg.backbone))
+        except (BackboneError, OSError) as exc:
+            log.warning("cannot pin backbone %r: %s", self.model_cfg.backbone, exc)
+            revision = ""
+        self.backbone_ref = {"name": self.model_cfg.backbone, "revision": revision}
+        return dict(self.backbone_ref)
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path,
-                        map_location: str | torch.device = "cpu") -> "RewardModel":
-        """Load a folder written by :meth:`save_pretrained`; scores match the saved model."""
+    def from_pretrained(cls, source: str | Path, map_location: str | torch.device = "cpu", *,
+                        revision: Optional[str] = None,
+                        cache_dir: Optional[str] = None) -> "RewardModel":
+        """Load a folder written by :meth:`save_pretrained`; scores match the saved model.
+
+        ``source``: a local folder, an ``s3://``/``gs://``/``hdfs://`` URI (any pyarrow
+        filesystem; copied to a temporary folder first), or a Hugging Face hub id (resolved by
+        ``huggingface_hub.snapshot_download`` at ``revision``; from the local cache only when
+        ``HF_HUB_OFFLINE`` is set).
+        """
+        source = str(source)
+        if "://" in source:
+            from pyarrow import fs as pafs
+
+            from pafo_ray.storage import split_uri
+
+            fs, path = split_uri(source)
+            if fs.get_file_info(path.rstrip("/") + "/" + CONFIG_NAME).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{source} has no {CONFIG_NAME}; is it a saved RewardModel?")
+            with tempfile.TemporaryDirectory(prefix="pafo-model-") as tmp:
+                pafs.copy_files(path, tmp, source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+                # Load everything now: the temporary copy is gone afterwards.
+                return cls._load_local(Path(tmp), map_location, eager_backbone=True)
+        if os.path.isdir(source):
+            return cls._load_local(Path(source), map_location)
+        if os.path.exists(source) or source.startswith((".", "/")) or source.count("/") > 1:
+            raise FileNotFoundError(f"{source} has no {CONFIG_NAME}; is it a saved RewardModel?")
+        from huggingface_hub import constants, snapshot_download
+
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true")
+        try:
+            folder = snapshot_download(source, revision=revision, cache_dir=cache_dir,
+                                       local_files_only=bool(offline))
+        except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, ...
+            raise FileNotFoundError(
+                f"{source!r} is not a local folder, not a URI, and not a hub model "
+                f"{'in the local cache (HF_HUB_OFFLINE is set)' if offline else 'that loads'}: "
+                f"{exc}") from exc
+        return cls._load_local(Path(folder), map_location)
+
+    @classmethod
+    def _load_local(cls, directory: Path, map_location, eager_backbone: bool = False):
         from safetensors.torch import load_file
 
-        directory = Path(directory)
         if not (directory / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a saved RewardModel?")
         config = json.loads((directory / CONFIG_NAME).read_text())
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(f"{directory / CONFIG_NAME}: format_version "
-                             f"{config.get('format_version')!r}, this pafo_ray reads {FORMAT_VERSION}")
+                             f"{config.get('format_version')!r}, this pafo_ray reads "
+                             f"{list(READABLE_VERSIONS)}")
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         model_cfg = ModelConfig(**{k: v for k, v in config["model"].items() if k in known})
         user_ids = json.loads((directory / USERS_NAME).read_text())
@@ -217,9 +381,15 @@ class RewardModel(nn.Module):
             raise ValueError(f"{directory / USERS_NAME} holds {len(user_ids)} ids, "
                              f"config.json says {config['num_users']}")
         encoder = None
-        if config.get("backbone_dir"):
-            encoder = TextEncoder(str(directory / config["backbone_dir"]), pooling=config["pooling"],
+        backbone = directory / config["backbone_dir"] if config.get("backbone_dir") else None
+        if backbone is not None and (model_cfg.mode == "finetune" or eager_backbone):
+            encoder = TextEncoder(str(backbone), pooling=config["pooling"],
                                   max_length=model_cfg.max_length, template=model_cfg.template)
         model = cls(model_cfg, config["input_dim"], user_ids, encoder)
         model.head.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        model.backbone_ref = config.get("backbone_ref")
+        if backbone is not None and model_cfg.mode == "frozen" and encoder is None:
+            model._loaded_backbone = str(backbone)  # the copy serves score(), loaded on first use
+        if (directory / GROUPS_NAME).exists():
+            model.set_user_groups(json.loads((directory / GROUPS_NAME).read_text()))
         return model.to(map_location)

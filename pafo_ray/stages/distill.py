@@ -4,7 +4,8 @@ Loss per row: ``w_g [BT + λ·D(m_S, m_T)]`` (on unlabelled comparisons, ``disti
 ``w_g λ·D`` alone, reaching the user offsets only) with ``m_T`` the margin of the row's own
 group's teacher (see pafo_ray.train.targets). The weights come from ``distill.*``, or
 from the tune stage's chosen trial when one exists and ``distill.use_tuned`` is on.
-Output: ``distill/student/`` (a saved RewardModel).
+Output: ``distill/student/`` (a saved RewardModel, with ``user_groups.json``: each user's
+final group from the groups stage, which the fair cold start needs).
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ def margin_uris(run_dir, split: str, distill: DistillConfig | None = None) -> li
     return uris
 
 
+def write_user_groups(ctx: StageContext, outputs: list) -> None:
+    """``user_groups.json`` ({user_id: group}) into each saved model folder (see
+    pafo_ray.models.reward_model); nothing when groups are row-level (a user has no one group)."""
+    import json
+
+    from pafo_ray.models.reward_model import GROUPS_NAME
+    from pafo_ray.storage import join
+
+    users = ctx.run_dir.users()
+    users = users[users["group"].notna()]
+    if users.empty:
+        return
+    mapping = dict(zip(users["user_id"].astype(str), users["group"].astype(str)))
+    for uri in outputs:
+        ctx.run_dir.write_file(join(uri, GROUPS_NAME), json.dumps(mapping, indent=1).encode())
+
+
 def run(ctx: StageContext) -> dict:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     chosen, origin = chosen_settings(ctx)
@@ -64,6 +82,7 @@ def run(ctx: StageContext) -> dict:
                              run_dir.student_model("student_default"),
                              targets=targets_for(ctx, cfg.distill)))
     results = run_jobs(cfg, run_dir, NAME, jobs, stage_hash(ctx, NAME))
+    write_user_groups(ctx, [job.output for job in jobs])
     changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()
                          if getattr(getattr(cfg, section), k) != v}
                for section in ("train", "model")}

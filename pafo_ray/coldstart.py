@@ -1,0 +1,152 @@
+"""Fair cold start: place a new user in a group from a few answered comparisons, start from that
+group's vector, and fit only the user's offset (DESIGN §8).
+
+The student has no group input, but it knows each trained user's final group (the groups stage's
+mixture; ``user_groups.json`` in its folder). A group's vector ``v_k`` is the mean user offset of
+its users, so a lowrank head scores a group member as ``r = (g + v_k) · Wφ``: the group's
+population in the student's own basis. With comparisons ``(φ_chosen_i, φ_rejected_i)`` a new user
+is placed by the mixture's posterior
+
+    p(k | answers) ∝ π_k · Π_i σ(r_k(chosen_i) − r_k(rejected_i)),   π_k = the group's user share,
+
+starts from ``v_k`` of the most probable group, and fits ``e = v_k + δ`` by Bradley–Terry on
+its answers with ``shrinkage · ||δ||²`` (the head held fixed). ``place="population"`` starts
+from offset 0 and ``"mean"`` from the mean user (the fallbacks it is compared with).
+
+Active choice (:func:`choose_next`): from a pool of comparisons the user could be asked, the one
+on which the groups disagree most under the current posterior (the posterior-weighted variance
+of the groups' win probabilities), asked one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PLACES = ("group", "population", "mean")
+
+
+@dataclass
+class Placement:
+    place: str
+    group: str | None                # the chosen group (place="group")
+    posterior: dict = field(default_factory=dict)  # group -> probability
+    start: torch.Tensor | None = None  # [K] the offset the fit started from
+    vector: torch.Tensor | None = None  # [K] the fitted offset
+
+
+def group_vectors(model) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """(group names, ``[G, K]`` mean user offset per group, ``[G]`` share of users)."""
+    if not model.user_groups:
+        raise ValueError("this model has no user groups (user_groups.json): save it from a run's "
+                         "distill stage, or call model.set_user_groups({user: group})")
+    names = sorted(set(model.user_groups.values()))
+    table = model.head.user_embedding.weight.detach()
+    rows = {g: [model._rows[u] for u, gu in model.user_groups.items() if gu == g] for g in names}
+    vectors = torch.stack([table[rows[g]].mean(dim=0) for g in names])
+    counts = torch.tensor([len(rows[g]) for g in names], dtype=torch.float64)
+    return names, vectors, counts / counts.sum()
+
+
+@torch.no_grad()
+def group_margins(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tensor,
+                  vectors: torch.Tensor) -> torch.Tensor:
+    """``[n, G]``: each group vector's margin chosen − rejected on each comparison."""
+    head = model.head
+    n, groups = phi_chosen.shape[0], vectors.shape[0]
+    users = vectors.repeat(n, 1)                       # [n*G, K]
+    chosen = phi_chosen.repeat_interleave(groups, 0)   # [n*G, D]
+    rejected = phi_rejected.repeat_interleave(groups, 0)
+    margin = head.score_vectors(chosen, users) - head.score_vectors(rejected, users)
+    return margin.reshape(n, groups).double()
+
+
+def posterior(margins: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``[G]`` p(group | answers) from ``margins [n, G]`` of the answered comparisons."""
+    log = prior.log() + F.logsigmoid(margins).sum(dim=0)
+    return torch.softmax(log, dim=0)
+
+
+def choose_next(margins: torch.Tensor, post: torch.Tensor, asked: set) -> int:
+    """The pool comparison (not yet asked) whose answer the groups disagree on most."""
+    p = torch.sigmoid(margins)                       # [n, G]
+    mean = (p * post).sum(dim=1, keepdim=True)
+    spread = ((p - mean) ** 2 * post).sum(dim=1)     # posterior-weighted variance
+    if asked:
+        spread[list(asked)] = -1.0
+    return int(spread.argmax())
+
+
+def fit_offset(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tensor, start: torch.Tensor,
+               shrinkage: float = 1.0, steps: int = 50) -> torch.Tensor:
+    """``[K]`` offset ``e = start + δ`` minimising ``Σ −log σ(m_e) + shrinkage·||δ||²`` (head fixed)."""
+    start = start.detach().float()
+    if phi_chosen.shape[0] == 0:
+        return start.clone()
+    delta = torch.zeros_like(start, requires_grad=True)
+    optimizer = torch.optim.LBFGS([delta], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    head = model.head
+    was_training = head.training
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    n = phi_chosen.shape[0]
+
+    def closure():
+        optimizer.zero_grad()
+        users = (start + delta).expand(n, -1)
+        margin = head.score_vectors(phi_chosen, users) - head.score_vectors(phi_rejected, users)
+        loss = -F.logsigmoid(margin).sum() + shrinkage * delta.pow(2).sum()
+        loss.backward()
+        return loss
+
+    try:
+        optimizer.step(closure)
+    finally:
+        for p in head.parameters():
+            p.requires_grad_(True)
+        head.train(was_training)
+    return (start + delta).detach()
+
+
+def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
+               shrinkage: float = 1.0) -> Placement:
+    """Where a new user starts and the offset fitted to its answers (no table change)."""
+    if place not in PLACES:
+        raise ValueError(f"place must be one of {PLACES}, got {place!r}")
+    phi_chosen = torch.as_tensor(np.asarray(phi_chosen, dtype=np.float32))
+    phi_rejected = torch.as_tensor(np.asarray(phi_rejected, dtype=np.float32))
+    table = model.head.user_embedding.weight.detach()
+    if place == "group":
+        names, vectors, prior = group_vectors(model)
+        post = posterior(group_margins(model, phi_chosen, phi_rejected, vectors), prior)
+        best = int(post.argmax())
+        result = Placement(place, names[best], dict(zip(names, post.tolist())), vectors[best])
+    elif place == "population":
+        result = Placement(place, None, start=torch.zeros(table.shape[1]))
+    else:
+        result = Placement(place, None, start=table.mean(dim=0))
+    result.vector = fit_offset(model, phi_chosen, phi_rejected, result.start, shrinkage)
+    return result
+
+
+def fit_user(model, user_id: str, prompts, chosen, rejected, *, embeddings=None,
+             place: str = "group", shrinkage: float = 1.0) -> Placement:
+    """Add ``user_id`` to ``model`` from its answered comparisons (see the module doc).
+
+    ``embeddings``: optional ``(φ_chosen [n, D], φ_rejected [n, D])``, else the backbone embeds
+    the texts. After the call ``model.score(user_id, ...)`` uses the fitted offset.
+    """
+    if embeddings is None:
+        phi_c = model.embed_texts(prompts, chosen).cpu()
+        phi_r = model.embed_texts(prompts, rejected).cpu()
+    else:
+        phi_c, phi_r = embeddings
+    result = place_user(model, phi_c, phi_r, place=place, shrinkage=shrinkage)
+    model.add_user(user_id, result.vector)
+    if result.group is not None:
+        model.user_groups[str(user_id)] = result.group
+    return result

@@ -1,0 +1,102 @@
+"""Fair cold start on a hand-made lowrank student: two groups with opposite preferences; a
+planted new user answering as the minority is placed there and scored as the minority."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pafo_ray.coldstart import choose_next, group_margins, group_vectors, place_user, posterior
+from pafo_ray.config import ModelConfig
+from pafo_ray.models import RewardModel
+
+D, K = 6, 2
+
+
+def hand_model() -> RewardModel:
+    """W = first K coordinates; g = (1, 0); majority users e = (0, 0); minority e = (-2, 1.5):
+    the majority likes coordinate 0, the minority coordinate 1."""
+    users = [f"maj{i}" for i in range(8)] + [f"min{i}" for i in range(2)]
+    model = RewardModel.from_config(ModelConfig(backbone="none", rank=K), users, input_dim=D)
+    with torch.no_grad():
+        model.head.base.weight.zero_()
+        model.head.base.weight[0, 0] = model.head.base.weight[1, 1] = 1.0
+        model.head.population.copy_(torch.tensor([1.0, 0.0]))
+        table = torch.zeros(10, K)
+        table[8:] = torch.tensor([-2.0, 1.5])
+        model.head.user_embedding.weight.copy_(table)
+    model.set_user_groups({u: "minority" if u.startswith("min") else "majority" for u in users})
+    return model
+
+
+MAJORITY, MINORITY = np.array([1.0, 0.0]), np.array([-1.0, 1.5])  # g + e of each group
+
+
+def pairs(rng, n, weights):
+    """Comparisons answered by a user of these ``g + e`` weights (deterministic labels)."""
+    a, b = rng.normal(size=(n, D)), rng.normal(size=(n, D))
+    swap = a[:, :K] @ weights < b[:, :K] @ weights
+    chosen, rejected = np.where(swap[:, None], b, a), np.where(swap[:, None], a, b)
+    return chosen.astype(np.float32), rejected.astype(np.float32)
+
+
+def test_group_vectors_are_the_groups_mean_offsets():
+    names, vectors, prior = group_vectors(hand_model())
+    assert names == ["majority", "minority"]
+    torch.testing.assert_close(vectors, torch.tensor([[0.0, 0.0], [-2.0, 1.5]]))
+    torch.testing.assert_close(prior, torch.tensor([0.8, 0.2], dtype=torch.float64))
+
+
+def test_a_planted_minority_user_is_placed_in_the_minority_and_scored_like_it():
+    rng = np.random.default_rng(0)
+    model = hand_model()
+    chosen, rejected = pairs(rng, 5, MINORITY)
+    placed = place_user(model, chosen, rejected, place="group")
+    assert placed.group == "minority" and placed.posterior["minority"] > 0.9, placed.posterior
+    # Held-out answers of the same user: the group start wins, the fallbacks lose.
+    test_c, test_r = pairs(rng, 200, MINORITY)
+
+    def accuracy(vector):
+        users = vector.expand(200, -1)
+        with torch.no_grad():
+            m = (model.head.score_vectors(torch.from_numpy(test_c), users)
+                 - model.head.score_vectors(torch.from_numpy(test_r), users))
+        return float((m > 0).float().mean())
+
+    mean = place_user(model, chosen[:0], rejected[:0], place="mean")
+    assert accuracy(placed.vector) > 0.9 > 0.5 > accuracy(mean.vector)
+    # A majority-type user stays in the majority.
+    chosen, rejected = pairs(rng, 5, MAJORITY)
+    assert place_user(model, chosen, rejected).group == "majority"
+    # No answers: the prior (the larger group).
+    assert place_user(model, chosen[:0], rejected[:0]).group == "majority"
+
+
+def test_fit_user_adds_a_scorable_row():
+    rng = np.random.default_rng(1)
+    model = hand_model()
+    chosen, rejected = pairs(rng, 6, MINORITY)
+    placed = model.fit_user("newbie", [""] * 6, [""] * 6, [""] * 6,
+                            embeddings=(chosen, rejected))
+    assert model.user_ids[-1] == "newbie" and model.user_groups["newbie"] == "minority"
+    got = model.score(["newbie"], [""], [""], embeddings=chosen[:1])
+    users = placed.vector.reshape(1, -1)
+    want = model.head.score_vectors(torch.from_numpy(chosen[:1]), users).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="already has"):
+        model.add_user("newbie", placed.vector)
+
+
+def test_active_choice_asks_where_the_groups_disagree():
+    model = hand_model()
+    _, vectors, prior = group_vectors(model)
+    phi_c = torch.zeros(3, D)
+    phi_r = torch.zeros(3, D)
+    phi_c[0, 0] = 1.0  # both groups agree-ish (coordinate 0 only)
+    phi_c[1, 0], phi_c[1, 1] = -1.0, 1.0  # the groups disagree
+    phi_c[2, 2] = 5.0  # no group cares
+    margins = group_margins(model, phi_c, phi_r, vectors)
+    post = posterior(margins[:0], prior)
+    assert choose_next(margins, post, set()) == 1
+    assert choose_next(margins, post, {1}) != 1
