@@ -117,7 +117,16 @@ def baselines_at_default(cfg, run_dir) -> dict:
         train_student,
     )
 
-    data = load_student_data(cfg)
+    if run_dir.has_margin_rows("train"):
+        data = load_student_data(cfg)
+    else:  # the baselines need only the labelled rows of the groups stage
+        from pafo_ray.train.arrays import read_cache
+        from pafo_ray.train.inmemory import StudentData
+
+        data = StudentData(
+            train=read_frame(run_dir.grouped_rows("train")[0], STUDENT_COLUMNS),
+            val=read_frame(run_dir.grouped_rows("val")[0], STUDENT_COLUMNS),
+            users=run_dir.user_ids(), teacher_stats={}, cache=read_cache(run_dir.embed_cache()))
     test = read_frame(run_dir.grouped_rows("test")[0], STUDENT_COLUMNS + ["user_type"])
     out = {}
     for method in BASELINES:
@@ -250,6 +259,7 @@ def main(argv=None) -> int:
                 result["baselines"] = baselines_at_default(cfg, ctx.run_dir)
             results.append(result)
             print(json.dumps(result, default=str), flush=True)
+            (out / f"selection-{dataset}-s{seed}.json").write_text(json.dumps(result, default=str))
     command = "python -m benchmarks.selection " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(results, command.strip())
     (out / "selection.md").write_text(text)
