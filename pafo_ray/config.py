@@ -113,13 +113,15 @@ class PrepareConfig:
 class GroupsConfig:
     """How users are finally grouped (stage ``groups``, after ``regularize``)."""
 
-    method: Literal["support", "mixture"] = _f(
+    method: Literal["support", "mixture", "oracle"] = _f(
         "mixture", "support: keep prepare's groups (a user's mean rater support). mixture: "
         "start from them, fit one population reward vector per group on frozen features and "
         "move each user to the group whose population explains its training labels best "
         "(sizes kept at prepare.user_quantile). With 2 raters per comparison the rater "
         "support finds ~60% minority-type users, the mixture ~75-98% (BENCHMARKS.md). "
-        "User-level groups only; row-level groups are kept as they are.")
+        "User-level groups only; row-level groups are kept as they are. oracle: a DIAGNOSTIC, "
+        "not a method — the simulator's true user_type as the groups (what perfect grouping "
+        "could close; needs simulated data and 2 groups).")
     iterations: int = _f(2, "Refit-and-reassign rounds of the mixture.")
     l2: float = _f(1e-3, "Ridge on each group's population vector.")
 

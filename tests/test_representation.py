@@ -155,3 +155,55 @@ def test_training_pairs_reject_texts_missing_from_the_cache():
                           "chosen_text_id": [5], "rejected_text_id": [9]})
     with pytest.raises(ValueError, match="text id 9"):
         training_pairs(frame, np.array([1, 5, 8]), ["u0"])
+
+
+def test_oracle_groups_are_the_true_types_and_need_them():
+    from pafo_ray.stages.groups import oracle_groups
+
+    users = pd.DataFrame({"user_id": ["a", "b", "c"], "support_group": ["minority", "majority",
+                                                                         "majority"]})
+    types = pd.Series({"a": "majority", "b": "minority", "c": "majority"})
+    out = oracle_groups(users, types, ["minority", "majority"])
+    assert out["group"].tolist() == ["majority", "minority", "majority"]
+    with pytest.raises(ValueError, match="user_type"):
+        oracle_groups(users, None, ["minority", "majority"])
+    assert load_config(None, ["groups.method=oracle"]).groups.method == "oracle"
+
+
+def test_embed_stage_adapts_the_cache_from_training_rows(tmp_path):
+    """adapt_cache (the embed stage's step, no Ray): reads prepare's train partition only,
+    writes one adapted vector per cached text to embed/cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pafo_ray.stages.base import StageContext
+    from pafo_ray.stages.embed import adapt_cache
+    from pafo_ray.train.arrays import read_cache
+
+    x, pairs, users = _synthetic(n_pairs=400)
+    ids = np.arange(len(x), dtype=np.int64) * 7 + 3
+    cfg = load_config(None, [f"run.storage_path={tmp_path}", "run.run_name=r", "embed.adapt=mlp",
+                             "embed.adapt_dim=8", "embed.adapt_epochs=2", "model.rank=4"])
+    ctx = StageContext.create(cfg)
+    root = tmp_path / "r"
+    user_ids = [f"u{i:03d}" for i in range(users)]
+    for split, rows in (("train", slice(0, 300)), ("val", slice(300, 400))):
+        folder = root / "prepare" / "data" / f"split={split}" / "group=majority"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({
+            "user_id": [user_ids[u] for u in pairs.user[rows]],
+            "prompt": [f"p{p}" for p in pairs.prompt[rows]],
+            "chosen_text_id": ids[pairs.chosen[rows]], "rejected_text_id": ids[pairs.rejected[rows]]}),
+            folder / "part.parquet")
+    pq.write_table(pa.table({"user_id": user_ids}), root / "prepare" / "users.parquet")
+    (root / "embed" / "frozen_cache").mkdir(parents=True)
+    flat = pa.array(x.reshape(-1))
+    pq.write_table(pa.table({"text_id": ids,
+                             "embedding": pa.FixedSizeListArray.from_arrays(flat, x.shape[1])}),
+                   root / "embed" / "frozen_cache" / "part.parquet")
+    summary = adapt_cache(ctx, str(root / "embed" / "frozen_cache"), str(root / "embed" / "cache"))
+    cache = read_cache(str(root / "embed" / "cache"))
+    assert cache.vectors.shape == (len(x), 8) and summary["dim"] == 8
+    np.testing.assert_array_equal(cache.text_ids, ids)
+    holdout = summary["train_rows"]
+    assert 200 < holdout < 300  # training rows minus the held-out prompts; no val row counted
