@@ -152,3 +152,26 @@ def collect(ctx) -> dict:
         except Exception as error:  # a diagnostic never sinks the benchmark
             out[name] = {"error": f"{type(error).__name__}: {error}"}
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.diagnostics [--seeds 0 1 2]``: the DSP ceilings alone (no Ray)."""
+    import argparse
+    import json
+
+    from benchmarks.quality import DSP
+    from pafo_ray.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        cfg = load_config(None, ["data.source=dsp", f"data.path={DSP}", f"run.seed={seed}"])
+        ceiling = {k: {t: round(100 * v, 1) for t, v in d.items()}
+                   for k, d in dsp_ceiling(cfg).items()}
+        print(json.dumps({"dataset": "dsp", "seed": seed, **ceiling}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

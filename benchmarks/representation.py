@@ -29,14 +29,14 @@ from benchmarks.quality import DSP
 LAYERS = list(range(7))  # MiniLM-L6: 0 = token embeddings, 1..6 = transformer layers
 
 
-def embed_all(max_length: int, out: Path) -> tuple[np.ndarray, list, list, float]:
+def embed_all(max_length: int, out: Path, max_prompts=None) -> tuple[np.ndarray, list, list, float]:
     """Mean-pooled hidden states of every layer ``[N, 7, 384]`` for every DSP text (cached)."""
     from pafo_ray.data.convert import read_dsp
     from pafo_ray.models.backbone import TextEncoder
 
-    queries, responses = read_dsp(DSP)
+    queries, responses = read_dsp(DSP, max_prompts)
     prompts = [q for q in queries for _ in range(len(responses) // len(queries))]
-    path = out / f"minilm_layers_{max_length}.npz"
+    path = out / f"minilm_layers_{max_length}_{len(queries)}q.npz"
     if path.exists():
         saved = np.load(path)
         return saved["features"], prompts, responses, float(saved["seconds"])
@@ -100,12 +100,14 @@ def accuracy(head, x: torch.Tensor, pairs, minority: np.ndarray) -> dict:
             "minority": float(correct[minority].mean())}
 
 
-def screen(seed: int, feats: dict, prompts, responses, adapt: bool) -> list:
+def screen(seed: int, feats: dict, prompts, responses, adapt: bool, num_users: int = 500,
+           max_prompts=None) -> list:
     from benchmarks.diagnostics import probe
     from pafo_ray.data.convert import simulate_dsp
     from pafo_ray.models.adapter import fit_adapter
 
-    sim = simulate_dsp(DSP, num_users=500, minority_fraction=0.2, seed=seed)
+    sim = simulate_dsp(DSP, num_users=num_users, minority_fraction=0.2, seed=seed,
+                       max_prompts=max_prompts)
     rows = sim.rows.to_pandas()
     index = {(p, r): i for i, (p, r) in enumerate(zip(prompts, responses))}
     users = {u: i for i, u in enumerate(sorted(rows["user_id"].unique()))}
@@ -152,15 +154,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--no-adapt", action="store_true")
+    parser.add_argument("--max-prompts", type=int, default=None,
+                        help="first N DSP queries only (a cheaper screen; pair with --users)")
+    parser.add_argument("--users", type=int, default=500, help="simulated users")
     parser.add_argument("--out", default="bench_out/representation")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    features, prompts, responses, seconds = embed_all(args.max_length, out)
+    features, prompts, responses, seconds = embed_all(args.max_length, out, args.max_prompts)
     print(f"embedded {len(prompts)} texts at {args.max_length} tokens in {seconds:.0f} s", flush=True)
     results = [r for s in args.seeds
-               for r in screen(s, variants(features), prompts, responses, not args.no_adapt)]
-    (out / f"representation_{args.max_length}.json").write_text(json.dumps(
+               for r in screen(s, variants(features), prompts, responses, not args.no_adapt,
+                               args.users, args.max_prompts)]
+    name = f"representation_{args.max_length}_{len(prompts) // 5}q_{args.users}u.json"
+    (out / name).write_text(json.dumps(
         {"embed_seconds": seconds, "texts": len(prompts), "results": results}, indent=2))
     print("| seed | features | dim | vanilla test majority / minority | probe | fit s |")
     for r in results:
