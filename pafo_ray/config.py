@@ -156,13 +156,15 @@ class PrepareConfig:
 class GroupsConfig:
     """How users are finally grouped (stage ``groups``, after ``regularize``)."""
 
-    method: Literal["support", "mixture"] = _f(
+    method: Literal["support", "mixture", "oracle"] = _f(
         "mixture", "support: keep prepare's groups (a user's mean rater support). mixture: "
         "start from them, fit one population reward vector per group on frozen features and "
         "move each user to the group whose population explains its training labels best "
         "(sizes: groups.sizes). With 2 raters per comparison the rater "
         "support finds ~60% minority-type users, the mixture ~75-98% (BENCHMARKS.md). "
-        "User-level groups only; row-level groups are kept as they are.")
+        "User-level groups only; row-level groups are kept as they are. oracle: a DIAGNOSTIC, "
+        "not a method — the simulator's true user_type as the groups (what perfect grouping "
+        "could close; needs simulated data and 2 groups).")
     iterations: int = _f(2, "Refit-and-reassign rounds of the mixture (sizes=estimate: EM rounds).")
     l2: float = _f(1e-3, "Ridge on each group's population vector.")
     sizes: Literal["quantile", "estimate"] = _f(
@@ -195,6 +197,22 @@ class ModelConfig:
     dropout: float = _f(0.0, "Dropout on φ.")
     max_length: int = _f(128, "Tokens per (prompt, response); longer texts are cut and counted.")
     template: str = _f("{prompt}\n\n{response}", "How prompt and response become one text.")
+    pooling_layers: list = _f([], "Hidden-state layers to pool (0: token embeddings, 1..L: "
+                              "transformer layers); empty: the last layer. DSP-dev with MiniLM: "
+                              "[1,2,3,4,5,6] reads the response's domain better than the last "
+                              "layer alone (BENCHMARKS.md, quality).")
+    layer_combine: Literal["mean", "concat"] = _f(
+        "mean", "How pooling_layers mix: mean (width H) or concat (width H x layers).")
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.pooling_layers if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad:
+            raise ConfigError(f"model.pooling_layers: {bad[0]!r} is not a layer index "
+                              "(integers >= 0; 0 is the token embeddings)")
+        if len(set(self.pooling_layers)) != len(self.pooling_layers):
+            raise ConfigError(f"model.pooling_layers: {self.pooling_layers} repeats a layer")
+        if self.max_length < 1:
+            raise ConfigError(f"model.max_length: expected >= 1, got {self.max_length}")
 
 
 @dataclass
@@ -203,6 +221,28 @@ class EmbedConfig:
     num_actors: int = _f(1, "Actors in the embedding pool (capped below the cluster CPUs).")
     num_gpus_per_actor: float = _f(0.0, "GPUs per embedding actor (0: CPU).")
     cpus_per_actor: float = _f(1.0, "CPUs per embedding actor.")
+    adapt: Literal["none", "mlp"] = _f(
+        "none", "Features learned from the preferences. mlp: after embedding, fit one GELU "
+        "layer h = gelu(A·φ) under the lowrank head by Bradley-Terry on the TRAINING rows only, "
+        "once, and cache h as every model's features (vanilla, teachers, student, baselines "
+        "share it). The backbone's vectors stay in embed/frozen_cache.")
+    adapt_dim: int = _f(32, "Width of the adapted features.")
+    adapt_epochs: int = _f(30, "Epochs of the adapter fit; the epoch kept is the best on "
+                           "adapt_holdout.")
+    adapt_lr: float = _f(3e-3, "AdamW learning rate of the adapter fit.")
+    adapt_weight_decay: float = _f(1e-2, "AdamW weight decay of the adapter fit.")
+    adapt_holdout: float = _f(0.1, "Share of the TRAINING prompts held out to choose the "
+                              "adapter's epoch (never the validation split).")
+
+    def __post_init__(self) -> None:
+        checks = [("adapt_dim", self.adapt_dim >= 1, ">= 1"),
+                  ("adapt_epochs", self.adapt_epochs >= 1, ">= 1"),
+                  ("adapt_lr", self.adapt_lr > 0, "> 0"),
+                  ("adapt_weight_decay", self.adapt_weight_decay >= 0, ">= 0"),
+                  ("adapt_holdout", 0 <= self.adapt_holdout < 1, "in [0, 1)")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"embed.{name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 @dataclass

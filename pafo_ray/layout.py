@@ -13,6 +13,7 @@ below instead of by string keys. Every path method returns a full URI (or absolu
                                                     prepared_splits(splits)
     prepare/users.parquet                           -                           users(PREPARE), user_ids()
     embed/cache/*.parquet  (text_id, embedding)     embed_cache()
+    embed/frozen_cache/  (backbone vectors, adapt)  embed_frozen_cache()
     groups/data/split=<s>/group=<g>/*.parquet       grouped_rows(split, gs),    groups_summary()
                                                     grouped_data()
     groups/users.parquet                            -                           users()
@@ -148,7 +149,12 @@ class RunLayout(RunDir):
                               set_aside=s["set_aside"])
 
     def embed_cache(self) -> str:
+        """The features every model trains on (the adapted ones when ``embed.adapt`` is on)."""
         return self.uri(EMBED, "cache")
+
+    def embed_frozen_cache(self) -> str:
+        """The backbone's own vectors, kept beside the adapted ``cache`` (``embed.adapt``)."""
+        return self.uri(EMBED, "frozen_cache")
 
     # users -------------------------------------------------------------------------------
     def write_users(self, stage: str, frame) -> None:

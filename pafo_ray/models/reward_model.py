@@ -115,7 +115,9 @@ class RewardModel(nn.Module):
         (the width of the cached embeddings)."""
         if model_cfg.mode == "finetune":
             encoder = TextEncoder(model_cfg.backbone, pooling=model_cfg.pooling,
-                                  max_length=model_cfg.max_length, template=model_cfg.template)
+                                  max_length=model_cfg.max_length, template=model_cfg.template,
+                                  pooling_layers=model_cfg.pooling_layers,
+                                  layer_combine=model_cfg.layer_combine)
             return cls(model_cfg, encoder.hidden_size, user_ids, encoder)
         if input_dim is None:
             raise ValueError("frozen mode needs input_dim (the embedding width of the cache)")
@@ -170,7 +172,9 @@ class RewardModel(nn.Module):
             cfg = self.model_cfg
             name = self._loaded_backbone or cfg.backbone
             encoder = TextEncoder(name, pooling=cfg.pooling, max_length=cfg.max_length,
-                                  template=cfg.template).to(self.head.user_embedding.weight.device)
+                                  template=cfg.template, pooling_layers=cfg.pooling_layers,
+                                  layer_combine=cfg.layer_combine,
+                                  ).to(self.head.user_embedding.weight.device)
             if encoder.hidden_size != self.input_dim:
                 raise ValueError(f"backbone {cfg.backbone!r} gives {encoder.hidden_size}-wide "
                                  f"embeddings but this model was trained on {self.input_dim}")
@@ -384,7 +388,9 @@ class RewardModel(nn.Module):
         backbone = directory / config["backbone_dir"] if config.get("backbone_dir") else None
         if backbone is not None and (model_cfg.mode == "finetune" or eager_backbone):
             encoder = TextEncoder(str(backbone), pooling=config["pooling"],
-                                  max_length=model_cfg.max_length, template=model_cfg.template)
+                                  max_length=model_cfg.max_length, template=model_cfg.template,
+                                  pooling_layers=model_cfg.pooling_layers,
+                                  layer_combine=model_cfg.layer_combine)
         model = cls(model_cfg, config["input_dim"], user_ids, encoder)
         model.head.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
         model.backbone_ref = config.get("backbone_ref")

@@ -8,6 +8,8 @@ and every Tune trial then train on this cache.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
@@ -16,7 +18,10 @@ from pafo_ray.stages.base import StageContext
 NAME = "embed"
 SECTIONS = ("model",)
 # Only what changes the vectors: heads and regularisation reuse the same cache.
-EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template")
+EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template", "pooling_layers",
+                "layer_combine")
+ADAPT_FIELDS = ("adapt", "adapt_dim", "adapt_epochs", "adapt_lr", "adapt_weight_decay",
+                "adapt_holdout")
 
 
 def hash_payload(cfg) -> str:
@@ -24,6 +29,9 @@ def hash_payload(cfg) -> str:
     import json
 
     fields = {f: getattr(cfg.model, f) for f in EMBED_FIELDS}
+    if cfg.embed.adapt != "none":  # the adapter's own settings change the cached vectors too
+        fields.update({f"embed.{f}": getattr(cfg.embed, f) for f in ADAPT_FIELDS})
+        fields["model.rank"] = cfg.model.rank
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,7 +58,8 @@ def _distinct(batch: pa.Table) -> pa.Table:
 class Embedder:
     """An actor of the pool: one backbone, many batches."""
 
-    def __init__(self, backbone: str, pooling: str, max_length: int, template: str, device: str):
+    def __init__(self, backbone: str, pooling: str, max_length: int, template: str, device: str,
+                 pooling_layers: tuple = (), layer_combine: str = "mean"):
         import torch
 
         from pafo_ray.models.backbone import TextEncoder
@@ -58,7 +67,8 @@ class Embedder:
         if device == "cpu":
             torch.set_num_threads(1)  # one core per actor; the pool size sets parallelism
         self.encoder = TextEncoder(backbone, pooling=pooling, max_length=max_length,
-                                   template=template).to(device).eval()
+                                   template=template, pooling_layers=pooling_layers,
+                                   layer_combine=layer_combine).to(device).eval()
         self.batch = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -104,21 +114,72 @@ def run(ctx: StageContext) -> dict:
         Embedder, batch_format="pyarrow", batch_size=e.batch_size,
         fn_constructor_kwargs=dict(backbone=cfg.model.backbone, pooling=cfg.model.pooling,
                                    max_length=cfg.model.max_length, template=cfg.model.template,
-                                   device=device),
+                                   device=device, pooling_layers=tuple(cfg.model.pooling_layers),
+                                   layer_combine=cfg.model.layer_combine),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=e.num_gpus_per_actor or None, num_cpus=e.cpus_per_actor)
-    cache_uri = run_dir.embed_cache()
+    began = time.time()
+    adapt = e.adapt != "none"
+    # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
+    cache_uri = run_dir.embed_frozen_cache() if adapt else run_dir.embed_cache()
     embedded.write_parquet(cache_uri)
+    encode_seconds = round(time.time() - began, 2)
+    adapted = adapt_cache(ctx, cache_uri, run_dir.embed_cache()) if adapt else None
     stats = ray.data.read_parquet(cache_uri).select_columns(["text_id", "truncated"])
     texts_count = stats.count()
     truncated = int(stats.sum("truncated") or 0) if texts_count else 0
     first = ray.data.read_parquet(cache_uri).select_columns(["embedding"]).take(1)
     dim = int(len(first[0]["embedding"])) if first else 0
-    return {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
-            "backbone": cfg.model.backbone, "actors": actors, "max_length": cfg.model.max_length}
+    summary = {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
+               "backbone": cfg.model.backbone, "actors": actors, "max_length": cfg.model.max_length,
+               "pooling_layers": list(cfg.model.pooling_layers),
+               "layer_combine": cfg.model.layer_combine, "encode_seconds": encode_seconds}
+    if adapted is not None:
+        summary["adapt"] = adapted
+        summary["dim"] = adapted["dim"]
+    return summary
+
+
+def adapt_cache(ctx: StageContext, frozen_uri: str, out_uri: str) -> dict:
+    """Fit the feature adapter on prepare's **training** rows over the frozen cache and write
+    the adapted vectors (same ``text_id``s) to ``out_uri``. See :mod:`pafo_ray.models.adapter`."""
+    import pyarrow.parquet as pq
+
+    from pafo_ray.models.adapter import fit_adapter, training_pairs
+    from pafo_ray.storage import split_uri
+    from pafo_ray.train.arrays import read_cache
+    from pafo_ray.train.inmemory import read_frame
+
+    cfg, run_dir, e = ctx.cfg, ctx.run_dir, ctx.cfg.embed
+    cache = read_cache(frozen_uri)
+    # Only the train partition is read: validation and test labels never reach the adapter.
+    rows = read_frame(run_dir.prepared_rows("train"),
+                      ["user_id", "prompt", "chosen_text_id", "rejected_text_id"])
+    rows["split"] = "train"
+    users = run_dir.user_ids()
+    pairs = training_pairs(rows, cache.text_ids, users)
+    result = fit_adapter(cache.vectors.numpy(), pairs, len(users), dim=e.adapt_dim,
+                         rank=cfg.model.rank, epochs=e.adapt_epochs, lr=e.adapt_lr,
+                         weight_decay=e.adapt_weight_decay, user_shrinkage=cfg.model.user_shrinkage,
+                         holdout_fraction=e.adapt_holdout, seed=cfg.run.seed)
+    flat = pa.array(result.features.reshape(-1))
+    table = pa.table({"text_id": pa.array(cache.text_ids),
+                      "embedding": pa.FixedSizeListArray.from_arrays(flat, result.features.shape[1])})
+    fs, path = split_uri(out_uri)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(table, f"{path}/adapted.parquet", filesystem=fs)
+    return {"method": e.adapt, "dim": int(result.features.shape[1]), "epoch": result.epoch,
+            "train_rows": result.train_rows, "seconds": result.seconds,
+            "holdout_accuracy": result.holdout_accuracy,
+            "frozen_holdout_accuracy": result.frozen_holdout_accuracy,
+            "frozen_dim": int(cache.vectors.shape[1])}
 
 
 def describe(summary: dict) -> str:
+    adapt = summary.get("adapt")
+    extra = (f"; adapted to {adapt['dim']}-d on {adapt['train_rows']:,} training rows in "
+             f"{adapt['seconds']:.0f} s (held-out BT accuracy {adapt['holdout_accuracy']:.3f} vs "
+             f"{adapt['frozen_holdout_accuracy']:.3f} frozen)" if adapt else "")
     return (f"{summary['texts']:,} distinct texts embedded ({summary['dim']}-d, "
             f"{summary['backbone']}, {summary['truncated_texts']:,} cut at "
-            f"{summary['max_length']} tokens, {summary['actors']} actor(s))")
+            f"{summary['max_length']} tokens, {summary['actors']} actor(s)){extra}")

@@ -97,6 +97,29 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     return users, details
 
 
+def oracle_groups(users: pd.DataFrame, types: pd.Series, names: list) -> pd.DataFrame:
+    """``groups.method=oracle``: minority-type users in the lowest group, the others in the
+    highest — the simulator's ground truth, to measure what perfect grouping would close.
+    ``types``: user_type by user_id. A diagnostic only; never a default."""
+    if types is None or types.isna().all():
+        raise ValueError("groups.method=oracle needs the data's user_type column (simulated "
+                         "data: builtin, dsp, personalllm); this data has none")
+    if len(names) != 2:
+        raise ValueError(f"groups.method=oracle needs prepare.num_groups=2, got {len(names)}")
+    user_type = types.reindex(users["user_id"].astype(str)).to_numpy()
+    group = np.where(user_type == "minority", names[0], names[-1]).astype(object)
+    return users.assign(group=group, mixture_score=np.nan)
+
+
+def _train_user_types(run_dir) -> pd.Series:
+    from pafo_ray.train.inmemory import read_frame
+
+    rows = read_frame(run_dir.prepared_rows("train"), columns=["user_id", "user_type"])
+    if "user_type" not in rows:
+        return None
+    return rows.assign(user_id=rows["user_id"].astype(str)).groupby("user_id")["user_type"].first()
+
+
 def run(ctx: StageContext) -> dict:
     import ray
     import ray.data
@@ -109,6 +132,9 @@ def run(ctx: StageContext) -> dict:
         users, details = mixture(ctx, users)
         how = (f"mixture of {len(names)} population vectors, {cfg.groups.iterations} rounds, "
                f"sizes by {cfg.groups.sizes}")
+    elif cfg.groups.method == "oracle" and cfg.prepare.group_level == "user":  # a diagnostic
+        users = oracle_groups(users, _train_user_types(run_dir), names)
+        how = "ORACLE: the simulator's true user types (a diagnostic, not a method)"
     else:
         users = users.assign(group=users["support_group"], mixture_score=np.nan)
         how = ("row-level support groups, kept" if cfg.prepare.group_level == "row"

@@ -1,0 +1,177 @@
+"""Per-run diagnostics of the quality suite: which lever limits a run.
+
+- ``ceiling``: accuracy on test of the simulator's own utilities, by true user type — the
+  user's true weights (100% with deterministic labels), the user's *type* mean weights (a
+  model that knew each user's type and the exact features) and one population utility (a
+  perfect non-personalised model). DSP only: its features are known (one-hot domain).
+- ``probe``: how much of the simulator's latent attribute (the DSP domain that wrote a
+  response) the cached features carry: 5-way logistic regression on query-centred features,
+  5-fold split by query, chance 20% — for the backbone's vectors and, with ``embed.adapt``,
+  for the adapted ones.
+- ``teachers``: each teacher's validation accuracy on its own group beside vanilla's on that
+  group (DESIGN §6: distillation helps only where a teacher beats vanilla there), and the
+  seconds each model's fit took.
+- ``cost``: seconds of the embed stage's forward pass and of the adapter fit.
+Diagnostics only: nothing here feeds a choice of the pipeline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _frame(run_dir, *parts, columns=None):
+    from pafo_ray.train.inmemory import read_frame
+
+    return read_frame(run_dir.uri(*parts), columns)
+
+
+def dsp_domains(path) -> dict:
+    """``{(query, response): domain index}`` from the DSP file (DSP_DOMAINS order)."""
+    from pafo_ray.data.convert import DSP_DOMAINS, read_dsp
+
+    queries, responses = read_dsp(path)
+    k = len(DSP_DOMAINS)
+    return {(q, responses[i * k + d]): d for i, q in enumerate(queries) for d in range(k)}
+
+
+def dsp_ceiling(cfg) -> dict:
+    """Test accuracy by true type of the true, the type-mean and the population utilities."""
+    from pafo_ray.data.convert import DSP_MAJORITY_MODE, DSP_MINORITY_MODE, simulate_dsp
+
+    data = cfg.data
+    sim = simulate_dsp(data.path, num_users=data.sim_num_users,
+                       minority_fraction=data.sim_minority_fraction,
+                       raters_train=data.sim_raters_train, raters_eval=data.sim_raters_eval,
+                       label_beta=data.sim_label_beta, max_prompts=data.sim_max_prompts,
+                       seed=cfg.run.seed)
+    rows = sim.rows.to_pandas()
+    rows = rows[rows["split"] == "test"]
+    domain = dsp_domains(data.path)
+    k = len(DSP_MAJORITY_MODE)
+
+    def onehot(column):
+        index = np.array([domain[(q, r)] for q, r in zip(rows["prompt"], rows[column])])
+        return np.eye(k)[index]
+
+    diff = onehot("chosen") - onehot("rejected")  # [n, 5]
+    minority = (rows["user_type"] == "minority").to_numpy()
+    modes = {"majority": DSP_MAJORITY_MODE / np.abs(DSP_MAJORITY_MODE).sum(),
+             "minority": DSP_MINORITY_MODE / np.abs(DSP_MINORITY_MODE).sum()}
+    type_weights = np.where(minority[:, None], modes["minority"], modes["majority"])
+    share = data.sim_minority_fraction
+    population = (1 - share) * modes["majority"] + share * modes["minority"]
+    out = {}
+    for name, margin in (("user", rows["utility_margin"].to_numpy()),
+                         ("type", np.einsum("nd,nd->n", diff, type_weights)),
+                         ("population", diff @ population)):
+        correct = margin > 0
+        out[name] = {"majority": float(correct[~minority].mean()),
+                     "minority": float(correct[minority].mean())}
+    return out
+
+
+def probe(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = 5) -> float:
+    """Mean 5-fold (split by ``groups``) accuracy of a logistic regression of ``labels`` on
+    ``features`` centred within each group (a query): chance = 1 / classes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = features.astype(np.float64).copy()
+    for g in np.unique(groups):
+        at = groups == g
+        x[at] -= x[at].mean(0)
+    scores = []
+    for train, test in GroupKFold(n_splits=folds).split(x, labels, groups):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        model.fit(x[train], labels[train])
+        scores.append(model.score(x[test], labels[test]))
+    return float(np.mean(scores))
+
+
+def dsp_probe(cfg, run_dir) -> dict:
+    """The domain probe on every cache the embed stage wrote (``frozen_cache``, ``cache``)."""
+    from pafo_ray.train.arrays import read_cache
+
+    rows = _frame(run_dir, "prepare", "data", columns=[
+        "prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id"])
+    texts = {}
+    for side in ("chosen", "rejected"):
+        for q, r, t in zip(rows["prompt"], rows[side], rows[f"{side}_text_id"]):
+            texts[t] = (q, r)
+    domain = dsp_domains(cfg.data.path)
+    out = {}
+    for name in ("frozen_cache", "cache"):
+        if not run_dir.exists("embed", name):
+            continue
+        cache = read_cache(run_dir.uri("embed", name))
+        keep = [i for i, t in enumerate(cache.text_ids) if t in texts]
+        ids = cache.text_ids[keep]
+        labels = np.array([domain[texts[t]] for t in ids])
+        queries = np.unique([texts[t][0] for t in ids], return_inverse=True)[1]
+        label = "adapted" if name == "cache" and run_dir.exists("embed", "frozen_cache") else "frozen"
+        out[label] = {"accuracy": probe(cache.vectors.numpy()[keep], labels, queries),
+                      "texts": len(ids), "dim": int(cache.vectors.shape[1])}
+    return out
+
+
+def teacher_table(run_dir) -> dict:
+    """{teacher: {"val_own_group", "vanilla_on_group", "seconds"}} from the teachers stage."""
+    summary = run_dir.read_json("teachers", "summary.json")
+    jobs = summary["jobs"]
+    vanilla = jobs.get("vanilla", {}).get("metrics", {})
+    out = {}
+    for name, info in jobs.items():
+        group = name.removesuffix("_ft")
+        m = info.get("metrics", {})
+        out[name] = {"val_own_group": m.get("val_accuracy"),
+                     "vanilla_on_group": (vanilla.get(f"val_{group}_accuracy")
+                                          if name != "vanilla" else m.get("val_accuracy")),
+                     "seconds": round(info["finished"] - info["started"], 1)
+                     if "finished" in info else None}
+    return out
+
+
+def collect(ctx) -> dict:
+    """Every diagnostic this run's data allows; a failing one is reported, never fatal."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    out: dict = {}
+    embed = run_dir.read_json("embed", "summary.json") if run_dir.exists("embed", "summary.json") else {}
+    out["cost"] = {"encode_seconds": embed.get("encode_seconds"),
+                   "embed_seconds": embed.get("seconds"),
+                   "adapt": embed.get("adapt"), "dim": embed.get("dim"),
+                   "truncated_texts": embed.get("truncated_texts"), "texts": embed.get("texts")}
+    steps = [("teachers", lambda: teacher_table(run_dir))]
+    if cfg.data.source == "dsp":
+        steps += [("ceiling", lambda: dsp_ceiling(cfg)), ("probe", lambda: dsp_probe(cfg, run_dir))]
+    for name, step in steps:
+        try:
+            out[name] = step()
+        except Exception as error:  # a diagnostic never sinks the benchmark
+            out[name] = {"error": f"{type(error).__name__}: {error}"}
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.diagnostics [--seeds 0 1 2]``: the DSP ceilings alone (no Ray)."""
+    import argparse
+    import json
+
+    from benchmarks.quality import DSP
+    from pafo_ray.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        cfg = load_config(None, ["data.source=dsp", f"data.path={DSP}", f"run.seed={seed}"])
+        ceiling = {k: {t: round(100 * v, 1) for t, v in d.items()}
+                   for k, d in dsp_ceiling(cfg).items()}
+        print(json.dumps({"dataset": "dsp", "seed": seed, **ceiling}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
