@@ -79,13 +79,14 @@ def main(argv: Optional[list] = None) -> int:
     from pafo_ray import console
 
     log = console.log_path(cfg.run.storage_path, cfg.run.run_name)
-    with console.quiet(log, verbose=args.verbose):
+    # From the shell (argv None) 1 and 2 stay on the log until exit; a caller's are restored.
+    with console.quiet(log, verbose=args.verbose, restore=argv is not None):
         console.say(f"pafo-ray {args.command}: run {cfg.run.run_name}, log {log}")
         code, error, last = _run(cfg, args.command)
-    if error:
-        print(f"pafo-ray {args.command}: {error}\n(details: {log})", file=sys.stderr)
-    for line in last:
-        print(line, flush=True)
+        if error:
+            console.say(f"pafo-ray {args.command}: {error}\n(details: {log})")
+        for line in last:
+            console.say(line)
     return code
 
 

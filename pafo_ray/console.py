@@ -47,8 +47,12 @@ def _writer(stream: TextIO) -> TextIO:
 
 
 @contextlib.contextmanager
-def quiet(path: str, verbose: bool = False):
-    """Route descriptors 1 and 2 to the log file at ``path`` (and, verbose, to the terminal)."""
+def quiet(path: str, verbose: bool = False, restore: bool = True):
+    """Route descriptors 1 and 2 to the log file at ``path`` (and, verbose, to the terminal).
+
+    ``restore=False`` (the command line) leaves them on the log until the process exits:
+    Ray's exit handlers and tqdm_ray's driver-side bars still write after the command ends
+    (measured: ~740 lines of worker progress bars after the report)."""
     global _TERM, _VERBOSE
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -76,8 +80,9 @@ def quiet(path: str, verbose: bool = False):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
+        if restore:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
         if tee is not None:
@@ -85,7 +90,9 @@ def quiet(path: str, verbose: bool = False):
             tee.wait(timeout=30)
         _TERM, _VERBOSE = None, False
         if term is not sys.stdout:
-            term.close()
+            term.flush()
+            if restore:
+                term.close()
 
 
 def _isatty(stream: TextIO) -> bool:
