@@ -92,13 +92,15 @@ def main(argv: Optional[list] = None) -> int:
     from pafo_ray import console
 
     log = console.log_path(cfg.run.storage_path, cfg.run.run_name)
-    with console.quiet(log, verbose=args.verbose):
+    # From the shell (argv None) 1 and 2 stay on the log until exit; a caller's are restored.
+    with console.quiet(log, verbose=args.verbose, restore=argv is not None):
         console.say(f"pafo-ray {args.command}: run {cfg.run.run_name}, log {log}")
         code, error, last = _run(cfg, args.command)
-    if error:
-        print(f"pafo-ray {args.command}: {redact_text(error)}\n(details: {log})", file=sys.stderr)
-    for line in last:
-        print(redact_text(line), flush=True)
+        if error:  # on the person's stderr, inside the redirection (see console.quiet)
+            console.say(f"pafo-ray {args.command}: {redact_text(error)}\n(details: {log})",
+                        err=True)
+        for line in last:
+            console.say(redact_text(line))
     return code
 
 
