@@ -214,11 +214,10 @@ def build_app(args: dict):
 
 def run(cfg, blocking: bool = True):
     """``pafo-ray serve``: start Serve's proxy on serve.host:port and deploy the student."""
+    from pafo_ray.layout import RunLayout
     from pafo_ray.ray_session import init_ray
-    from pafo_ray.storage import RunDir
 
-    model = cfg.serve.model or RunDir(cfg.run.storage_path, cfg.run.run_name).uri(
-        "distill", "student")
+    model = cfg.serve.model or RunLayout.of(cfg).student_model("student")
     app = application(cfg.serve, model)
     init_ray(cfg.run.ray)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

@@ -330,9 +330,7 @@ def test_margins_and_distill_stages(teachers_run):
     student = RewardModel.from_pretrained(run_dir.uri("distill", "student"))
     assert student.user_ids == RewardModel.from_pretrained(run_dir.uri("teachers", "vanilla")).user_ids
     # The student carries each user's final group (the fair cold start's group vectors).
-    from pafo_ray.stages.groups import read_users
-
-    final = read_users(run_dir).set_index("user_id")["group"]
+    final = run_dir.users().set_index("user_id")["group"]
     assert student.user_groups and set(student.user_groups.values()) == set(NAMES)
     assert all(final[u] == g for u, g in student.user_groups.items())
 

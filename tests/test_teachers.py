@@ -184,7 +184,10 @@ def real_workers(prepared):
 
     os.environ[FAIL_ENV] = f"vanilla:{FAIL_AFTER}"
     try:
-        return prepared("workers", **{"train.num_workers": 1, "train.max_failures": 1})
+        # No ingest reserve: the session's 4 CPUs then admit all three trainers at once (with
+        # the default 1 CPU each, admission runs two at once and the teachers may not overlap).
+        return prepared("workers", **{"train.num_workers": 1, "train.max_failures": 1,
+                                      "train.ingest_cpus": 0})
     finally:
         del os.environ[FAIL_ENV]
 

@@ -196,6 +196,7 @@ def concurrent_trials(cfg: PipelineConfig) -> int:
     """``tune.max_concurrent_trials`` capped by how many trials the cluster holds at once
     (:mod:`pafo_ray.admission`); fails at once when not even one fits. Prints the plan."""
     from pafo_ray.admission import Demand, infeasible, plan_line, trials_at_once
+    from pafo_ray.console import say
     from pafo_ray.sizing import cluster_capacity
 
     t = cfg.tune
@@ -206,7 +207,7 @@ def concurrent_trials(cfg: PipelineConfig) -> int:
     if error:
         raise ValueError(error)
     at_once = trials_at_once(t.max_concurrent_trials, t.cpus_per_trial, t.gpus_per_trial, capacity)
-    print(plan_line("tune trials", t.num_samples, demand, capacity, at_once=at_once), flush=True)
+    say(plan_line("tune trials", t.num_samples, demand, capacity, at_once=at_once))
     return at_once
 
 

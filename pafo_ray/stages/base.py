@@ -195,5 +195,4 @@ def _print_concurrent_plan(ctx: StageContext, stages: list) -> None:
         return
     from pafo_ray.sizing import concurrent_plan_line, shared_budget
 
-    print(concurrent_plan_line(ctx.cfg, stages, shared_budget(ctx.cfg.run.ray).capacity),
-          flush=True)
+    say(concurrent_plan_line(ctx.cfg, stages, shared_budget(ctx.cfg.run.ray).capacity))

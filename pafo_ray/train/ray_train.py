@@ -298,6 +298,7 @@ def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> d
     if not jobs:
         return {}
     from pafo_ray.admission import infeasible, plan_line, trainer_demand
+    from pafo_ray.console import say
     from pafo_ray.sizing import shared_budget
 
     tc = cfg.train
@@ -309,7 +310,7 @@ def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> d
                            "or add nodes.")
         if error:
             raise RuntimeError(error)
-        print(plan_line(stage, len(jobs), demand, budget.capacity), flush=True)
+        say(plan_line(stage, len(jobs), demand, budget.capacity))
 
     def admitted(job: TrainJob) -> dict:
         if budget is None:
