@@ -58,7 +58,7 @@ def init_ray(cfg: RayConfig) -> None:
         _configure_data(cfg)
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":
         # No runtime_env here: a submitted job's own runtime_env would conflict with it.
         log.info("joining Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
@@ -67,7 +67,10 @@ def init_ray(cfg: RayConfig) -> None:
         # each worker mostly waiting on Ray's fixed costs rather than computing.
         num_cpus = cfg.num_cpus or max(8, os.cpu_count() or 1)
         runtime_env = {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}
-        kwargs = dict(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        # address="local": a new Ray even when `ray start` left a cluster on this machine,
+        # which a bare ray.init() would try to join (and refuse num_cpus for).
+        kwargs = dict(address="local", num_cpus=num_cpus, include_dashboard=False,
+                      runtime_env=runtime_env)
         if cfg.num_gpus is not None:
             kwargs["num_gpus"] = cfg.num_gpus
         if cfg.object_store_memory_mb:
