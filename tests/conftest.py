@@ -26,7 +26,7 @@ def ray_session():
     from pafo_ray.config import RayConfig
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024 * 1024)
         # As init_ray does for a Ray it starts: shuffles sized to the real cores.
         ray_session._LOCAL_CORES = min(4, os.cpu_count() or 1)
