@@ -93,7 +93,8 @@ def main(argv: Optional[list] = None) -> int:
 
     log = console.log_path(cfg.run.storage_path, cfg.run.run_name)
     # From the shell (argv None) 1 and 2 stay on the log until exit; a caller's are restored.
-    with console.quiet(log, verbose=args.verbose, restore=argv is not None):
+    with console.quiet(log, verbose=args.verbose, restore=argv is not None,
+                       run=cfg.run.run_name):
         console.say(f"pafo-ray {args.command}: run {cfg.run.run_name}, log {log}")
         code, error, last = _run(cfg, args.command)
         if error:  # on the person's stderr, inside the redirection (see console.quiet)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ def _writer(stream: TextIO) -> TextIO:
 
 
 @contextlib.contextmanager
-def quiet(path: str, verbose: bool = False, restore: bool = True):
+def quiet(path: str, verbose: bool = False, restore: bool = True, run: str = ""):
     """Route descriptors 1 and 2 to the log file at ``path`` (and, verbose, to the terminal).
 
     ``restore=False`` (the command line) leaves them on the log until the process exits:
@@ -73,7 +74,7 @@ def quiet(path: str, verbose: bool = False, restore: bool = True):
     if not verbose:
         os.close(target)
     _TERM, _ERR, _VERBOSE = term, err, verbose
-    ticker = _Ticker(term) if not verbose and _isatty(term) else None
+    ticker = _Ticker(term, run) if not verbose and _isatty(term) else None
     try:
         yield term
     finally:
@@ -133,10 +134,11 @@ def stage_finished(name: str) -> None:
 
 
 class _Ticker:
-    """The live status line on a terminal: running stages and their seconds, redrawn."""
+    """The live status line on a terminal, redrawn: running stages, their seconds and where
+    each of their trainers is (:mod:`pafo_ray.progress`), cut to the terminal's width."""
 
-    def __init__(self, term: TextIO, every: float = 0.5):
-        self.term, self.every = term, every
+    def __init__(self, term: TextIO, run: str = "", every: float = 0.5):
+        self.term, self.run, self.every = term, run, every
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pafo-status", daemon=True)
         self.thread.start()
@@ -144,13 +146,21 @@ class _Ticker:
     def _run(self) -> None:
         frames = "|/-\\"
         tick = 0
+        from pafo_ray import progress
+
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
         while not self.done.wait(self.every):
             with _LOCK:
-                if not _RUNNING:
-                    continue
-                now = time.time()
-                parts = [f"{name} {now - began:.0f} s" for name, began in _RUNNING.items()]
-                self.term.write(f"\r\033[K{frames[tick % 4]} running: {', '.join(parts)}")
+                running = dict(_RUNNING)
+            if not running:
+                continue
+            jobs = progress.snapshot(self.run)  # outside the lock: it may wait on Ray
+            now = time.time()
+            parts = [f"{name} {now - began:.0f} s{progress.describe(name, jobs.get(name))}"
+                     for name, began in running.items()]
+            line = f"{frames[tick % 4]} running: {', '.join(parts)}"[:width]
+            with _LOCK:
+                self.term.write(f"\r\033[K{line}")
                 self.term.flush()
             tick += 1
 

@@ -108,7 +108,12 @@ def run(ctx: StageContext) -> dict:
              # A hash partition is one block of every text it holds; handed to an actor whole
              # it held ~5 GiB there at 1M rows and was killed for memory at 5M. Blocks of a
              # few batches keep the actors' memory flat whatever the data size.
-             .repartition(target_num_rows_per_block=max(4096, 64 * e.batch_size)))
+             .repartition(target_num_rows_per_block=max(4096, 64 * e.batch_size))
+             # Done before the pool starts: an actor pool holds its CPUs from the start of an
+             # execution, and the hash shuffle's tasks want a whole CPU each beside its
+             # aggregators. On a 2-CPU cluster pool + aggregators left 0.5 CPU and the shuffle
+             # waited forever (cluster/local.yaml on `ray start --head --num-cpus 2`).
+             .materialize())
     device = "cuda" if e.num_gpus_per_actor > 0 else "cpu"
     embedded = texts.map_batches(
         Embedder, batch_format="pyarrow", batch_size=e.batch_size,
