@@ -192,7 +192,7 @@ def space_overrides(cfg: PipelineConfig) -> dict:
     return out
 
 
-def concurrent_trials(cfg: PipelineConfig) -> int:
+def concurrent_trials(cfg: PipelineConfig, label: str = "tune trials") -> int:
     """``tune.max_concurrent_trials`` capped by how many trials the cluster holds at once
     (:mod:`pafo_ray.admission`); fails at once when not even one fits. Prints the plan."""
     from pafo_ray.admission import Demand, infeasible, plan_line, trials_at_once
@@ -207,7 +207,7 @@ def concurrent_trials(cfg: PipelineConfig) -> int:
     if error:
         raise ValueError(error)
     at_once = trials_at_once(t.max_concurrent_trials, t.cpus_per_trial, t.gpus_per_trial, capacity)
-    say(plan_line("tune trials", t.num_samples, demand, capacity, at_once=at_once))
+    say(plan_line(label, t.num_samples, demand, capacity, at_once=at_once))
     return at_once
 
 
@@ -246,7 +246,8 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
     if num_samples < 1:
         raise ValueError(f"tune.num_samples must be ≥ 1 to search, got {num_samples}")
     resources = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
-    at_once = concurrent_trials(cfg)
+    at_once = concurrent_trials(
+        cfg, "tune trials" if method == "pafo" else f"tune trials ({method})")
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg, method=method),
                              resources)
     path = join(storage_path, name)
