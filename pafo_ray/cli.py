@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -137,6 +138,11 @@ def _run(cfg, command: str) -> tuple:
         return 3, str(exc), last
     except (DataValidationError, RuntimeError, ValueError) as exc:
         return 1, str(exc), last
+    except Exception as exc:  # noqa: BLE001 - said to the person; the traceback goes to the log
+        import traceback
+
+        os.write(2, traceback.format_exc().encode())  # descriptor 2: the log (console.quiet)
+        return 1, f"{type(exc).__name__}: {exc}", last
     finally:
         if started and ray.is_initialized():  # inside the redirection: shutdown lines go to the log
             ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from pafo_ray.config import RayConfig
 
@@ -76,9 +77,33 @@ def init_ray(cfg: RayConfig) -> None:
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
         log.info("starting a local Ray with %d CPUs", num_cpus)
-        ray.init(**kwargs)
+        _start_local(kwargs)
         _LOCAL_CORES = min(num_cpus, os.cpu_count() or 1)
     _configure_data(cfg)
+
+
+# Ray 2.60 gives a new local raylet a fixed 30 s to register; on a busy machine (measured:
+# load average 25-60 on 2 cores) that start fails now and then and a fresh try usually works.
+START_ATTEMPTS = int(os.environ.get("PAFO_RAY_START_ATTEMPTS", "3"))
+
+
+def _start_local(kwargs: dict) -> None:
+    import ray
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - only the start-up timeout is retried
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                if attempt > 1:
+                    raise RuntimeError(f"a local Ray did not start in {attempt} tries "
+                                       f"(is the machine overloaded?): {exc}") from exc
+                raise
+            log.warning("local Ray start %d of %d failed (%s); trying again", attempt,
+                        START_ATTEMPTS, exc)
+            ray.shutdown()
+            time.sleep(5 * attempt)
 
 
 def _configure_data(cfg: RayConfig) -> None:

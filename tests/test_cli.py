@@ -110,3 +110,21 @@ def test_generate_rejects_unknown_fields(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "g"), "num_userz=20"]) == 2
     assert "num_userz" in capsys.readouterr().err
     assert not list((tmp_path / "g").rglob("*.parquet"))
+
+
+def test_an_unexpected_error_is_said_on_stderr_with_the_log(tmp_path, capsys, monkeypatch):
+    """A failure outside the expected kinds (Ray's own start-up timeout, say) reaches the
+    person: exit 1, the message and the log's path on stderr, the traceback in the log."""
+    from pafo_ray import ray_session
+
+    def overloaded(cfg):
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray_session, "init_ray", overloaded)
+    code = main(["run", f"run.storage_path={tmp_path}", "run.run_name=busy"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Exception: The current node timed out during startup." in err, err
+    log = tmp_path / "busy" / "logs" / "pafo.log"
+    assert f"(details: {log})" in err, err
+    assert "Traceback" in log.read_text()
