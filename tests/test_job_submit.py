@@ -263,7 +263,8 @@ def _logs(cluster, job_id: str, chars: int = 8000) -> str:
 # Real Ray Train workers and Tune trials on a cluster smaller than what the pipeline would
 # launch at once: teachers (vanilla + 2) ‖ baselines (1, to keep the test short) = 4 trainers
 # of 1 worker + 1 ingest CPU = 8 CPUs wanted, 4 there; admission runs 2 at a time and queues
-# the rest.
+# the rest. Pooled (train.pool_jobs, the default) the four jobs need 1 CPU each, no ingest: all
+# four in one worker group.
 CLUSTER_CPUS = 4
 REAL_WORKERS = {"train.num_workers": 1, "train.epochs": 2, "train.checkpoint_every": 2,
                 "train.select_regularization": False,
@@ -296,7 +297,8 @@ def test_submitted_pipeline_succeeds_and_writes_the_report(ray_cluster, tmp_path
     assert "report:" in logs, logs
     assert (storage / "job" / "tune" / "_SUCCESS.json").is_file(), logs
     # The plan line of the concurrent stages, and of the trials.
-    assert f"teachers ‖ baselines: 2 of 4 at once on {CLUSTER_CPUS} CPUs" in full_logs, logs
+    assert f"teachers ‖ baselines: all 4 at once on {CLUSTER_CPUS} CPUs" in full_logs, logs
+    assert "teachers ‖ baselines: 4 job(s) in 1 Ray Train worker group(s)" in full_logs, logs
     assert "tune trials: all 2 at once" in full_logs, logs
 
 
