@@ -1,10 +1,13 @@
 """Ray Train: the per-worker ``train_func`` and a driver that runs several trainers at once.
 
-Each model (a teacher, vanilla, a baseline, the student) is one ``TorchTrainer`` with its
-own ``ScalingConfig``; :func:`run_jobs` fits them concurrently from one driver, each
-``fit()`` in its own thread (RAY_NOTES: faster than a task per fit). Data reaches the
-workers as Ray Data shards; a restarted worker loads its last checkpoint and continues
-from the next epoch (Ray does not resume the epoch for you).
+:func:`run_jobs` is the entry of every stage that trains. With ``train.pool_jobs`` (default)
+the jobs that fit at once share one ``TorchTrainer`` (:mod:`pafo_ray.train.pooled`,
+:mod:`pafo_ray.train.cohort`): one worker-group start-up for all of them. Otherwise each
+model (a teacher, vanilla, a baseline, the student) is one ``TorchTrainer`` with its own
+``ScalingConfig``, fitted concurrently from one driver, each ``fit()`` in its own thread
+(RAY_NOTES: faster than a task per fit). Data reaches those workers as Ray Data shards; a
+restarted worker loads its last checkpoint and continues from the next epoch (Ray does not
+resume the epoch for you).
 
 ``train.num_workers=0`` runs each fit in the driver (Ray Train's local mode, for tests). Local
 mode keeps its state in one process-wide slot, so those fits run one at a time.
