@@ -43,13 +43,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per suite before it is stopped (default: none; smoke 900)")
     p.add_argument("--storage", default="./pafo_runs", help="demo: run.storage_path")
+    p.add_argument("--fresh", action="store_true",
+                   help="demo: median of 3 fresh runs and the in-process ratio (benchmarks/demo.py)")
     p.add_argument("--run-suite", help=argparse.SUPPRESS)  # the child process's entry
     return p
 
 
 def demo_main(argv) -> int:
-    """Wall time of ``pafo-ray run`` (all stages, forced) on the built-in default."""
+    """Wall time of ``pafo-ray run`` (all stages, forced) on the built-in default; with
+    ``--fresh``, :mod:`benchmarks.demo` (median of 3 fresh runs and the in-process ratio)."""
     smoke = "--smoke" in argv
+    if "--fresh" in argv:
+        from benchmarks import demo
+
+        return demo.main(["--smoke"] if smoke else [])
     storage = os.path.abspath(next((a.split("=", 1)[1] for a in argv
                                     if a.startswith("--storage=")), "./pafo_runs"))
     values = {"run.storage_path": storage, "run.run_name": "bench-demo-smoke" if smoke
@@ -105,7 +112,8 @@ def run_suite(name: str, args, figures: str) -> dict:
         print(f"== {name}: skipped, {message}", flush=True)
         return {"suite": name, "ok": False, "status": message, "seconds": 0.0}
     argv = (["--smoke"] if args.smoke else []) + (
-        [f"--storage={args.storage}"] if name == "demo" else [])
+        [f"--storage={args.storage}"] + (["--fresh"] if args.fresh else []) if name == "demo"
+        else [])
     command = [sys.executable, "-m", "benchmarks", "--run-suite", name, "--", *argv]
     timeout = args.timeout or (900.0 if args.smoke else None)
     print(f"== {name}: {' '.join(command[1:])}  ({load_average()})", flush=True)

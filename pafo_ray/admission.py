@@ -97,6 +97,12 @@ def trainer_demand(num_workers: int, cpus_per_worker: float, use_gpu: bool,
                   memory_gib=num_workers * WORKER_MEMORY_GIB)
 
 
+def scaled(demand: Demand, count: int) -> Demand:
+    """``count`` units of ``demand`` held as one (a pooled trainer of ``count`` jobs)."""
+    return Demand(cpus=demand.cpus * count, gpus=demand.gpus * count,
+                  memory_gib=demand.memory_gib * count)
+
+
 def fits_at_once(demand: Demand, capacity: Capacity) -> int:
     """How many units of ``demand`` the capacity holds side by side (0: not even one)."""
     limits = []

@@ -258,6 +258,10 @@ class TrainConfig:
     use_gpu: bool = _f(False, "Give each worker a GPU.")
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
     max_failures: int = _f(2, "Worker failures tolerated; training resumes from the last checkpoint.")
+    pool_jobs: bool = _f(True, "Fit a stage's jobs that fit at once (teachers, baselines, the "
+                         "students) in one TorchTrainer: one worker-group start-up for all, each "
+                         "job on its own train.num_workers ranks reading its rows directly. Off: "
+                         "one TorchTrainer per job with Ray Data shards (ingest_cpus reserved).")
     ingest_cpus: float = _f(1.0, "CPUs kept free for each trainer's Ray Data reads (no worker takes "
                             "them; admission counts them): workers that held every CPU would wait "
                             "forever for rows their reads cannot be scheduled to produce.")
@@ -385,6 +389,9 @@ class EvaluateConfig:
     bootstrap: int = _f(1000, "Bootstrap resamples (by user) for intervals.")
     support_buckets: int = _f(5, "Buckets of the support-rate bias curve.")
     split: Literal["test", "val"] = _f("test", "Split the report measures.")
+    inline_rows: int = _f(50_000, "Score the split in the driver, without a Ray Data actor "
+                          "pool, when it has at most this many rows (a pool's start-up costs "
+                          "seconds; scoring a small split takes less). 0: always Ray Data.")
 
 
 @dataclass

@@ -95,6 +95,7 @@ RULES: dict[str, Rule] = {
     "tune.gpus_per_trial": NON_NEGATIVE,
     "evaluate.bootstrap": NON_NEGATIVE,
     "evaluate.support_buckets": AT_LEAST_1,
+    "evaluate.inline_rows": NON_NEGATIVE,
 }
 
 # Lists whose every item follows a rule, and must be ascending when ``ascending``.

@@ -97,8 +97,11 @@ def trainers_of(cfg, stage: str) -> int:
 
 
 def _trainer_demand(cfg) -> Demand:
+    """One model's demand; pooled jobs (train.pool_jobs) read their rows without Ray Data, so
+    no ingest CPUs are kept for them."""
     t = cfg.train
-    return trainer_demand(t.num_workers, t.cpus_per_worker, t.use_gpu, t.ingest_cpus)
+    return trainer_demand(t.num_workers, t.cpus_per_worker, t.use_gpu,
+                          0.0 if t.pool_jobs else t.ingest_cpus)
 
 
 def _trainer_row(cfg, stage: str, units: int, capacity: Capacity) -> StageRow:
@@ -106,8 +109,10 @@ def _trainer_row(cfg, stage: str, units: int, capacity: Capacity) -> StageRow:
     hint = ("Set train.use_gpu=false, add GPU nodes, or set run.ray.max_gpus for an autoscaler."
             if demand.gpus else "Lower train.num_workers / train.cpus_per_worker / train.ingest_cpus.")
     error = infeasible(f"{stage}: each trainer ({cfg.train.num_workers} worker(s) × "
-                       f"{cfg.train.cpus_per_worker:g} CPU{' + 1 GPU' if demand.gpus else ''}, "
-                       f"+ {cfg.train.ingest_cpus:g} CPU for its reads)", demand, capacity, hint)
+                       f"{cfg.train.cpus_per_worker:g} CPU{' + 1 GPU' if demand.gpus else ''}"
+                       + ("" if cfg.train.pool_jobs else
+                          f", + {cfg.train.ingest_cpus:g} CPU for its reads") + ")",
+                       demand, capacity, hint)
     return StageRow(stage, "trainer(s)", units, demand,
                     0 if error else min(units, fits_at_once(demand, capacity)), error)
 

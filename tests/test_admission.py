@@ -107,12 +107,16 @@ def test_budget_admits_one_oversized_unit_when_idle():
         assert budget.running == 1
 
 
-@pytest.mark.parametrize("cpus, teachers_at_once", [(2, 1), (4, 2), (8, 4)])
-def test_plan_of_the_shipped_local_config(cpus, teachers_at_once):
+# Pooled (train.pool_jobs, the default) a job holds its 1 worker CPU, no ingest reserve: as
+# many jobs as CPUs share worker groups; one trainer per job holds 2 CPUs (worker + ingest).
+@pytest.mark.parametrize("cpus, pooled, teachers_at_once",
+                         [(2, True, 2), (4, True, 4), (8, True, 6),
+                          (2, False, 1), (4, False, 2), (8, False, 4)])
+def test_plan_of_the_shipped_local_config(cpus, pooled, teachers_at_once):
     from pafo_ray.config import load_config
     from pafo_ray.sizing import stage_rows
 
-    cfg = load_config(str(REPO / "cluster" / "local.yaml"), [])
+    cfg = load_config(str(REPO / "cluster" / "local.yaml"), [f"train.pool_jobs={pooled}"])
     stages = ["prepare", "embed", "teachers", "baselines", "margins", "tune", "distill"]
     rows = {row.stage: row for row in stage_rows(cfg, stages, Capacity(cpus=cpus))}
     assert rows["teachers ‖ baselines"].units == 6

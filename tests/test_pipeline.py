@@ -142,3 +142,26 @@ def test_changing_a_setting_reruns_only_what_depends_on_it(pipeline, capsys):
     metrics = json.loads(ctx.run_dir.read_bytes("evaluate", "metrics.json"))
     assert len(metrics["methods"]["pafo"]["bias_curve"]) == 3
     assert set(results["evaluate"]["methods"]) == METHODS
+
+
+def test_evaluate_scores_the_same_in_the_driver_as_in_ray_data(pipeline):
+    """A small split is scored in the driver (evaluate.inline_rows); Ray Data's actor pool
+    (inline_rows=0) gives the same rows in the same order with the same margins."""
+    import dataclasses
+
+    import numpy as np
+
+    from pafo_ray.stages.evaluate import method_models, score_split
+
+    ctx = pipeline["ctx"]
+    models = method_models(ctx)
+    here = score_split(ctx, models, "test")
+    cfg = dataclasses.replace(ctx.cfg, evaluate=dataclasses.replace(ctx.cfg.evaluate,
+                                                                    inline_rows=0))
+    there = score_split(dataclasses.replace(ctx, cfg=cfg), models, "test")
+    assert len(here) == len(there) > 0 and list(here.columns) == list(there.columns)
+    assert (here["row_id"].to_numpy() == there["row_id"].to_numpy()).all()
+    assert (here["group"].astype(str).to_numpy() == there["group"].astype(str).to_numpy()).all()
+    for m in models:
+        np.testing.assert_allclose(here[f"margin_{m}"], there[f"margin_{m}"], rtol=1e-5,
+                                   atol=1e-6)

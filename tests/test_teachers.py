@@ -207,6 +207,37 @@ def test_teachers_train_concurrently(real_workers):
     assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values()), spans
 
 
+def test_one_worker_group_trains_all_three_jobs(real_workers):
+    """train.pool_jobs (default): vanilla and both teachers trained in ONE Ray Train run:
+    Ray's train context gave every job the same experiment, a world of 3 workers and its own
+    rank, and Ray Train wrote one run folder for the stage."""
+    ctx, summary = real_workers
+    metrics = {name: info["metrics"] for name, info in summary["jobs"].items()}
+    assert set(metrics) == {"vanilla", *GROUPS}
+    assert len({m["experiment"] for m in metrics.values()}) == 1, metrics
+    assert {m["world_size"] for m in metrics.values()} == {3}, metrics
+    assert sorted(m["world_rank"] for m in metrics.values()) == [0, 1, 2], metrics
+    runs = [f for f in os.listdir(ctx.run_dir.uri("_ray", "teachers")) if f.startswith("pool-")]
+    assert runs == [next(iter(metrics.values()))["experiment"]], runs
+    # vanilla's injected failure was retried inside its worker; the others ran once.
+    assert metrics["vanilla"]["attempt"] == 1
+    assert all(metrics[g]["attempt"] == 0 for g in GROUPS)
+
+
+@pytest.mark.slow
+def test_pooled_results_equal_one_trainer_per_job(prepared, real_workers):
+    """The same seed gives the same models whether the jobs share one worker group or each
+    has its own TorchTrainer reading Ray Data shards (train.pool_jobs=false)."""
+    _, pooled = real_workers
+    _, per_job = prepared("per_job", **{"train.num_workers": 1, "train.pool_jobs": False,
+                                        "train.ingest_cpus": 0})
+    for name in ("vanilla", *GROUPS):
+        a, b = pooled["jobs"][name]["metrics"], per_job["jobs"][name]["metrics"]
+        assert "world_size" not in b  # it did take the per-job path
+        for key in ("train_loss", "val_accuracy", "val_margin_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
+
+
 def test_failed_worker_resumes_from_its_checkpoint(prepared, real_workers):
     ctx, summary = real_workers
     epochs = ctx.cfg.train.epochs

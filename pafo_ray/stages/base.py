@@ -182,10 +182,30 @@ def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:
         for s in together:
             stage_hash(ctx, s)  # fill the hash cache before threads share it
         _print_concurrent_plan(ctx, [s for s in together if force or not is_done(ctx, s)])
-        with ThreadPoolExecutor(max_workers=len(together)) as pool:
-            futures = {s: pool.submit(run_stage, ctx, s, force=force) for s in together}
+        with _side_by_side(ctx, together) as withdraw, \
+                ThreadPoolExecutor(max_workers=len(together)) as pool:
+
+            def run_one(stage: str) -> dict:
+                try:
+                    return run_stage(ctx, stage, force=force)
+                finally:
+                    withdraw(stage)
+
+            futures = {s: pool.submit(run_one, s) for s in together}
             results.update({s: f.result() for s, f in futures.items()})
     return results
+
+
+def _side_by_side(ctx: StageContext, stages: list):
+    """Pooled trainers (train.pool_jobs): the stages' jobs share worker groups
+    (:mod:`pafo_ray.train.cohort`); otherwise nothing to gather."""
+    import contextlib
+
+    if not (ctx.cfg.train.pool_jobs and ctx.cfg.train.num_workers > 0):
+        return contextlib.nullcontext(lambda stage: None)
+    from pafo_ray.train.cohort import side_by_side
+
+    return side_by_side(stages)
 
 
 def _print_concurrent_plan(ctx: StageContext, stages: list) -> None:

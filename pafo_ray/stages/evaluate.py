@@ -51,13 +51,33 @@ def score_split(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
     from pafo_ray.scoring import score_columns, score_dataset
 
     cfg = ctx.cfg
+    columns = KEEP + [c for m in models for c in (f"margin_{m}", f"margin_{m}_unknown_user")]
+    rows = sum(ctx.run_dir.groups_summary().row_counts(split).values())
+    if rows <= cfg.evaluate.inline_rows:
+        return _score_here(ctx, models, split)[columns]
     ds = ray.data.read_parquet(ctx.run_dir.grouped_rows(split)).select_columns(
         score_columns(cfg) + ["support_rate", "user_type"])
     ds = score_dataset(ds, {f"margin_{m}": uri for m, uri in models.items()}, cfg.to_dict(),
                        batch_size=cfg.margins.batch_size, num_actors=cfg.margins.num_actors,
                        num_gpus=cfg.margins.num_gpus_per_actor)
-    columns = KEEP + [c for m in models for c in (f"margin_{m}", f"margin_{m}_unknown_user")]
-    return ds.select_columns(columns).to_pandas()
+    frame = ds.select_columns(columns).to_pandas()
+    # Ray Data's blocks arrive in any order: row_id order, as the in-driver path gives.
+    return frame.sort_values("row_id", kind="stable", ignore_index=True)
+
+
+def _score_here(ctx: StageContext, models: dict, split: str) -> pd.DataFrame:
+    """``score_split`` in this process: the same scorer as the actor pool's, batch by batch."""
+    from pafo_ray.scoring import MarginScorer, score_columns
+    from pafo_ray.train.frames import read_rows
+
+    cfg = ctx.cfg
+    frame = read_rows(ctx.run_dir.grouped_rows(split))
+    frame = frame[[c for c in score_columns(cfg) + ["support_rate", "user_type"] if c in frame]]
+    scorer = MarginScorer({f"margin_{m}": uri for m, uri in models.items()}, cfg.to_dict())
+    size = max(1, cfg.margins.batch_size)
+    parts = [scorer(frame.iloc[i:i + size].reset_index(drop=True))
+             for i in range(0, len(frame), size)]
+    return pd.concat(parts, ignore_index=True) if parts else scorer(frame)
 
 
 def method_frames(scored: pd.DataFrame, users: pd.DataFrame, models: dict) -> dict:

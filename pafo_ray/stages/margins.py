@@ -91,8 +91,7 @@ def run(ctx: StageContext) -> dict:
                        num_gpus=m.num_gpus_per_actor)
     out = run_dir.margin_data()
     ds.write_parquet(out, partition_cols=["split"])
-    check = ray.data.read_parquet(out).select_columns([f"margin_{g}" for g in names] + ["split"])
-    counts = check.map_batches(_finite_counts, batch_format="pandas", batch_size=None).to_pandas()
+    counts = _count_written(out, [f"margin_{g}" for g in names])
     bad = int(counts["non_finite"].sum())
     if bad:
         raise RuntimeError(f"{bad} rows got NaN/inf teacher margins; the student will not train "
@@ -102,6 +101,22 @@ def run(ctx: StageContext) -> dict:
             "extra_per_user": round(int(counts["extra"].sum()) / max(1, len(groups)), 2),
             "teacher_stats": stats,
             "fallbacks": teachers.fallbacks}
+
+
+def _count_written(uri: str, margins: list) -> pd.DataFrame:
+    """Rows, extra rows and rows with a NaN/inf margin in the written output, streamed batch
+    by batch with pyarrow in this process (the margin columns and the split only): a Ray Data
+    execution for this costs seconds of start-up on a small run."""
+    import pyarrow.dataset as pads
+
+    from pafo_ray.storage import split_uri
+
+    fs, path = split_uri(uri)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    parts = [_finite_counts(batch.to_pandas())
+             for batch in dataset.to_batches(columns=margins + ["split"]) if batch.num_rows]
+    return pd.concat(parts, ignore_index=True) if parts else _finite_counts(
+        pd.DataFrame({**{m: [] for m in margins}, "split": []}))
 
 
 def _finite_counts(batch: pd.DataFrame) -> pd.DataFrame:

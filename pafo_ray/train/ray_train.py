@@ -1,10 +1,13 @@
 """Ray Train: the per-worker ``train_func`` and a driver that runs several trainers at once.
 
-Each model (a teacher, vanilla, a baseline, the student) is one ``TorchTrainer`` with its
-own ``ScalingConfig``; :func:`run_jobs` fits them concurrently from one driver, each
-``fit()`` in its own thread (RAY_NOTES: faster than a task per fit). Data reaches the
-workers as Ray Data shards; a restarted worker loads its last checkpoint and continues
-from the next epoch (Ray does not resume the epoch for you).
+:func:`run_jobs` is the entry of every stage that trains. With ``train.pool_jobs`` (default)
+the jobs that fit at once share one ``TorchTrainer`` (:mod:`pafo_ray.train.pooled`,
+:mod:`pafo_ray.train.cohort`): one worker-group start-up for all of them. Otherwise each
+model (a teacher, vanilla, a baseline, the student) is one ``TorchTrainer`` with its own
+``ScalingConfig``, fitted concurrently from one driver, each ``fit()`` in its own thread
+(RAY_NOTES: faster than a task per fit). Data reaches those workers as Ray Data shards; a
+restarted worker loads its last checkpoint and continues from the next epoch (Ray does not
+resume the epoch for you).
 
 ``train.num_workers=0`` runs each fit in the driver (Ray Train's local mode, for tests). Local
 mode keeps its state in one process-wide slot, so those fits run one at a time.
@@ -214,8 +217,7 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
         failure_config=FailureConfig(max_failures=tc.max_failures,
                                      controller_failure_limit=tc.start_retries),
         checkpoint_config=CheckpointConfig(num_to_keep=2))
-    payload = {k: v for k, v in asdict(job).items()
-               if k not in ("train", "val", "output", "info", "config")}
+    payload = job_payload(job)
     payload["checkpoint_root"] = checkpoint_root
     payload["uris"] = {"train": job.train, "val": job.val} if local else None
     payload["fail_once"] = _fail_once(layout, stage, job, run_hash)
@@ -239,6 +241,12 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
             "metrics": {k: v for k, v in (result.metrics or {}).items()
                         if isinstance(v, (int, float, str))},
             "model": job.output}
+
+
+def job_payload(job: TrainJob) -> dict:
+    """What a worker needs of a job (its rows, output and config travel separately)."""
+    return {k: v for k, v in asdict(job).items()
+            if k not in ("train", "val", "output", "info", "config")}
 
 
 def _data_config(ingest_cpus: float):
@@ -291,10 +299,13 @@ def _startup_message(stage: str, name: str, tc) -> str:
 
 
 def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> dict:
-    """Fit the jobs of ``stage`` concurrently (one thread per TorchTrainer) with the pipeline
-    config ``cfg`` (or the job's own) in the run ``layout``, as many at once as the cluster
-    holds (:mod:`pafo_ray.admission`; the budget is shared with any stage running beside this
-    one), the rest queued; results by job name."""
+    """Fit the jobs of ``stage`` with the pipeline config ``cfg`` (or the job's own) in the run
+    ``layout``, as many at once as the cluster holds (:mod:`pafo_ray.admission`; the budget is
+    shared with any stage running beside this one), the rest queued; results by job name.
+
+    ``train.pool_jobs`` (default): the jobs that fit at once share one ``TorchTrainer`` (one
+    worker-group start-up, :mod:`pafo_ray.train.pooled`), in waves when not all fit. Off: one
+    ``TorchTrainer`` per job, each ``fit()`` in its own thread, reading Ray Data shards."""
     if not jobs:
         return {}
     from pafo_ray.admission import infeasible, plan_line, trainer_demand
@@ -302,14 +313,20 @@ def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> d
     from pafo_ray.sizing import shared_budget
 
     tc = cfg.train
-    demand = trainer_demand(tc.num_workers, tc.cpus_per_worker, tc.use_gpu, tc.ingest_cpus)
+    pooled = tc.pool_jobs and tc.num_workers > 0
+    # A pooled trainer's workers read their rows themselves: no Ray Data ingest to keep CPUs for.
+    demand = trainer_demand(tc.num_workers, tc.cpus_per_worker, tc.use_gpu,
+                            0.0 if pooled else tc.ingest_cpus)
     budget = shared_budget(cfg.run.ray) if tc.num_workers > 0 else None
     if budget is not None:
-        error = infeasible(f"{stage}: each trainer", demand, budget.capacity,
-                           "Lower train.num_workers/cpus_per_worker, set train.use_gpu=false, "
-                           "or add nodes.")
+        error = infeasible(f"{stage}: each {'job' if pooled else 'trainer'}", demand,
+                           budget.capacity, "Lower train.num_workers/cpus_per_worker, set "
+                           "train.use_gpu=false, or add nodes.")
         if error:
             raise RuntimeError(error)
+    if pooled:
+        return _run_pooled(cfg, layout, stage, jobs, run_hash, demand, budget)
+    if budget is not None:
         say(plan_line(stage, len(jobs), demand, budget.capacity))
 
     def admitted(job: TrainJob) -> dict:
@@ -322,3 +339,15 @@ def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> d
         futures = {job.name: pool.submit(admitted, job) for job in jobs}
         return {name: future.result() for name, future in futures.items()}
 
+
+def _run_pooled(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str, demand,
+                budget) -> dict:
+    """The jobs in pooled trainers (:mod:`pafo_ray.train.cohort`), with those of the stages
+    running beside this one when they form a cohort."""
+    from pafo_ray.train.cohort import Entry, cohort_for, run_waves
+
+    entries = [Entry(stage, cfg, layout, job, run_hash) for job in jobs]
+    cohort = cohort_for(stage)
+    if cohort is not None:
+        return cohort.submit(stage, entries, demand, budget)
+    return run_waves(entries, demand, budget).get(stage, {})

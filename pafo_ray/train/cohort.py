@@ -1,0 +1,220 @@
+"""The driver of pooled trainers (:mod:`pafo_ray.train.pooled`): waves and stages side by side.
+
+:func:`run_waves` fits jobs in as few worker groups as admission allows: as many jobs as the
+cluster holds at once share one ``TorchTrainer``; the rest wait for the next wave. Each wave
+holds its whole demand in the shared budget (:func:`pafo_ray.sizing.shared_budget`).
+
+Stages that run side by side (teachers ‖ baselines) would each start their own worker group.
+Inside :func:`side_by_side` they form a :class:`Cohort`: each stage's ``run_jobs`` hands its
+jobs over and waits until every stage of the cohort has handed its jobs over or finished
+without (skipped, failed before training, or trained already); then one thread fits all of
+them together in one wave (or several, when not all fit) and each stage gets its own results.
+A failure of the shared trainer fails every stage in it, with the job named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from pafo_ray.storage import join
+from pafo_ray.train.pooled import (
+    ERROR,
+    job_dir,
+    latest_checkpoint,
+    pooled_train_func,
+    rank_plan,
+    read_text,
+    remove_file,
+)
+
+
+@dataclass
+class Entry:
+    """One job of a stage: what the pooled trainer needs of it."""
+
+    stage: str
+    cfg: object      # the stage's PipelineConfig
+    layout: object   # RunLayout
+    job: object      # TrainJob
+    run_hash: str
+
+
+def fit_pooled(entries: list) -> dict:
+    """Fit ``entries`` in one ``TorchTrainer`` of ``len(entries) × train.num_workers``
+    workers; ``{stage: {job: result}}``, each result as a per-job trainer gives it."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pafo_ray.train.ray_train import (
+        _fail_once,
+        _is_startup_failure,
+        _startup_message,
+        job_payload,
+    )
+
+    first = entries[0]
+    tc = first.cfg.train
+    started = time.time()
+    payloads, pipelines = [], []
+    for e in entries:
+        payload = job_payload(e.job)
+        payload["uris"] = {"train": e.job.train, "val": e.job.val}
+        payload["dir"] = job_dir(e.layout.ray_storage(e.stage), e.job.name, e.run_hash)
+        payload["max_failures"] = tc.max_failures
+        payload["fail_once"] = _fail_once(e.layout, e.stage, e.job, e.run_hash)
+        remove_file(join(payload["dir"], ERROR))
+        payloads.append(payload)
+        pipelines.append(e.job.config or e.cfg.to_dict())
+    scaling = ScalingConfig(num_workers=tc.num_workers * len(entries), use_gpu=tc.use_gpu,
+                            resources_per_worker={"CPU": tc.cpus_per_worker})
+    # controller_failure_limit bounds the worker-group start-ups that time out waiting for
+    # resources (Ray's default: retry forever, a hang when they never come).
+    run_config = RunConfig(
+        name=f"pool-{first.run_hash}-{first.job.name}",
+        storage_path=first.layout.ray_storage(first.stage),
+        failure_config=FailureConfig(max_failures=tc.max_failures,
+                                     controller_failure_limit=tc.start_retries))
+    trainer = TorchTrainer(pooled_train_func, scaling_config=scaling, run_config=run_config,
+                           train_loop_config={"jobs": payloads, "pipelines": pipelines,
+                                              "ranks": rank_plan([tc.num_workers] * len(entries))})
+    names = ", ".join(f"{e.stage}/{e.job.name}" for e in entries)
+    try:
+        trainer.fit()
+    except Exception as exc:
+        if not _is_startup_failure(exc):
+            raise RuntimeError(f"the pooled trainer of [{names}] failed: {exc}") from exc
+        raise RuntimeError(_startup_message(first.stage, f"[{names}] (one pooled trainer)",
+                                            tc)) from exc
+    failed = [(e, read_text(join(p["dir"], ERROR))) for e, p in zip(entries, payloads)]
+    failed = [(e, text) for e, text in failed if text]
+    if failed:
+        raise RuntimeError("; ".join(f"{e.stage}/{e.job.name}: failed {tc.max_failures + 1} "
+                                     f"time(s), last: {text.splitlines()[0]}"
+                                     for e, text in failed))
+    finished = time.time()
+    results: dict = {}
+    for e, payload, pipeline in zip(entries, payloads, pipelines):
+        epochs = e.job.epochs or pipeline["train"]["epochs"]
+        results.setdefault(e.stage, {})[e.job.name] = _collect(e, payload["dir"], epochs,
+                                                               started, finished)
+    return results
+
+
+def _collect(e: Entry, folder: str, epochs: int, started: float, finished: float) -> dict:
+    """The job's final checkpoint: its model copied to the job's output, its metrics."""
+    from pafo_ray.storage import local_copy
+
+    last = latest_checkpoint(folder)
+    metrics = json.loads(read_text(join(last, "metrics.json")) or "{}") if last else {}
+    if not last or metrics.get("epoch") != epochs:
+        raise RuntimeError(f"{e.stage}/{e.job.name}: training ended without its final "
+                           f"checkpoint (epoch {epochs}; last: {last})")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = local_copy(last, tmp)
+        e.layout.save_folder(os.path.join(local, "model"), e.job.output)
+    return {"name": e.job.name, "started": started, "finished": finished,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            "model": e.job.output}
+
+
+def run_waves(entries: list, demand, budget) -> dict:
+    """Waves of as many entries as the cluster holds at once, each one pooled trainer that
+    holds the wave's whole demand in the shared budget while it runs; ``{stage: {job: ...}}``."""
+    from pafo_ray.admission import fits_at_once, scaled
+    from pafo_ray.console import say
+
+    at_once = max(1, min(len(entries), fits_at_once(demand, budget.capacity)))
+    waves = [entries[i:i + at_once] for i in range(0, len(entries), at_once)]
+    stages = " ‖ ".join(dict.fromkeys(e.stage for e in entries))
+    say(f"{stages}: {len(entries)} job(s) in {len(waves)} Ray Train worker group(s) of up to "
+        f"{at_once} job(s) ({demand.describe()} each, {budget.capacity.plan_cpus:g} CPUs)")
+    results: dict = {}
+    for wave in waves:
+        with budget.hold(scaled(demand, len(wave))):
+            for stage, found in fit_pooled(wave).items():
+                results.setdefault(stage, {}).update(found)
+    return results
+
+
+class Cohort:
+    """Stages side by side whose jobs share pooled trainers (see the module doc)."""
+
+    def __init__(self, stages: list):
+        self.expected = set(stages)   # stages that may still hand jobs over
+        self.pending: list = []       # entries handed over, not yet started
+        self.done: dict = {}          # stage -> its results, or the exception that failed it
+        self.running = False
+        self.cond = threading.Condition()
+
+    def withdraw(self, stage: str) -> None:
+        """``stage`` will hand no (more) jobs over."""
+        with self.cond:
+            self.expected.discard(stage)
+            self.cond.notify_all()
+
+    def submit(self, stage: str, entries: list, demand, budget) -> dict:
+        """Hand ``stage``'s entries over; its results once they (and the others') trained."""
+        with self.cond:
+            self.pending += entries
+            self.expected.discard(stage)
+            self.cond.notify_all()
+            while stage not in self.done:
+                if not self.expected and not self.running and self.pending:
+                    batch, self.pending, self.running = self.pending, [], True
+                    break
+                self.cond.wait()
+            else:
+                return self._outcome(stage)
+        stages = {e.stage for e in batch}
+        try:
+            outcome = run_waves(batch, demand, budget)
+            found = {s: outcome.get(s, {}) for s in stages}
+        except Exception as exc:  # every stage of the batch fails with it
+            found = {s: exc for s in stages}
+        with self.cond:
+            self.done.update(found)
+            self.running = False
+            self.cond.notify_all()
+            return self._outcome(stage)
+
+    def _outcome(self, stage: str) -> dict:
+        value = self.done.pop(stage)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
+_ACTIVE: Optional[Cohort] = None
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def side_by_side(stages: list):
+    """While open, the pooled jobs of ``stages`` gather into shared trainers; call the
+    yielded ``withdraw(stage)`` when a stage ends (whether it handed jobs over or not)."""
+    global _ACTIVE
+    cohort = Cohort(stages)
+    with _ACTIVE_LOCK:
+        _ACTIVE = cohort
+    try:
+        yield cohort.withdraw
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE = None
+
+
+def cohort_for(stage: str) -> Optional[Cohort]:
+    """The open cohort that still expects ``stage``'s jobs, if any."""
+    with _ACTIVE_LOCK:
+        cohort = _ACTIVE
+    if cohort is None:
+        return None
+    with cohort.cond:
+        return cohort if stage in cohort.expected else None
