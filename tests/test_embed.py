@@ -40,3 +40,35 @@ def test_the_actor_returns_its_block_in_order_with_exact_truncation_flags(keep_t
     encoder = TextEncoder("builtin-tiny", max_length=24)
     one_by_one = np.concatenate([encoder.embed([p], [r]) for p, r in zip(prompts, responses)])
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+
+
+def test_finetune_margins_by_length_equal_the_padded_token_path(tmp_path):
+    """MarginScorer in finetune mode (texts through the backbone, batched by length) gives the
+    margins of the plain padded path, row for row."""
+    import pandas as pd
+
+    from pafo_ray.config import load_config
+    from pafo_ray.models import RewardModel
+    from pafo_ray.scoring import MarginScorer
+    from pafo_ray.train.loop import PairScorer
+
+    cfg = load_config(None, ["model.mode=finetune", "model.max_length=32",
+                             f"run.storage_path={tmp_path}"])
+    model = RewardModel.from_config(cfg.model, ["u1", "u2"])
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.head.user_embedding.weight)
+    model.save_pretrained(tmp_path / "m")
+    batch = pd.DataFrame({"user_id": ["u1", "u2", "u1", "new"],
+                          "prompt": ["why", "how are you", "tell me", "what"],
+                          "chosen": ["because " * 9, "fine", "a long story " * 4, "this"],
+                          "rejected": ["no", "not well at all " * 3, "no", "that one"]})
+    got = MarginScorer({"m": str(tmp_path / "m")}, cfg.to_dict())(batch.copy())
+    model.eval()
+    enc, users = model.encoder, model.user_index(batch["user_id"])
+    with torch.no_grad():  # each side padded to its longest text, in the rows' order
+        phi = [enc(**enc.tokenize(list(batch["prompt"]), list(batch[side])))
+               for side in ("chosen", "rejected")]
+        expected = PairScorer(model)(users, chosen_phi=phi[0], rejected_phi=phi[1]).numpy()
+    np.testing.assert_allclose(got["m"].to_numpy(), expected, atol=1e-5)
+    assert np.ptp(expected) > 1e-3  # the rows' margins differ: a shuffle would show
+    assert got["m_unknown_user"].tolist() == [False, False, False, True]
