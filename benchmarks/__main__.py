@@ -2,7 +2,7 @@
 
     python -m benchmarks [--smoke] [--timeout S] [suite ...]
 
-Suites: prepare, train, tune, quality, scaling, coldstart (``benchmarks/<suite>.py``, each with
+Suites: prepare, train, embed, tune, quality, scaling, coldstart (``benchmarks/<suite>.py``, each with
 ``main(argv)``) and demo (the wall time of ``pafo-ray run`` on the built-in default
 config). No suite named: all of them. Each suite runs in its own process (its own local
 Ray, its own memory figures), imported only there; a suite module that is missing is
@@ -28,7 +28,7 @@ import time
 
 from benchmarks.common import FIGURES_ENV, Timer, fmt, load_average, quiet_env, record, table
 
-SUITES = ("prepare", "train", "tune", "quality", "scaling", "coldstart", "demo")
+SUITES = ("prepare", "train", "embed", "tune", "quality", "scaling", "coldstart", "demo")
 DEMO_SMOKE = {"data.generator.num_users": 60, "data.generator.num_prompts": 40,
               "data.generator.raters_train": 3, "data.generator.raters_eval": 5,
               "train.epochs": 3, "train.num_workers": 0, "teachers.min_rows": 10,

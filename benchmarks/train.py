@@ -16,8 +16,9 @@ then measures:
     concurrently by ``run_jobs`` as the stage does, against the same jobs one after another;
     and the group teachers alone concurrently against the sum of their solo runs;
 (c) the ``embed`` stage (Ray Data actor pool) in texts/s against ``TextEncoder.embed`` in
-    this process on the same distinct texts and batch size (1 torch thread, as the actor),
-    for ``builtin-tiny`` and, when its package is installed, ``minilm``;
+    this process on the same distinct texts and batch size (torch threads = the cores, as
+    the actor's), for ``builtin-tiny`` and, when its package is installed, ``minilm``
+    (``python -m benchmarks.embed``: the same against plain PyTorch loops on DSP texts);
 (d) the margins stage's Ray Data actor pool scoring one saved model on the train/val rows
     copied ``--margin-copies`` times (rows/s, median of ``--repeats``) against the same
     ``MarginScorer`` called in this process.
@@ -277,7 +278,7 @@ def plain_embed(ctx) -> tuple:
         columns=["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = texts_of(rows)
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_threads_default())  # the actor's threads: its cores
     try:
         encoder = TextEncoder(m.backbone, pooling=m.pooling, max_length=m.max_length,
                               template=m.template).eval()
@@ -306,7 +307,8 @@ def bench_embed(ctx) -> list:
     record(SUITE, f"embed texts/s, {backbone} ({texts:,} texts), Ray Data actor pool "
            "[ratio = Ray/plain]", ray_rate, plain_rate, ratio(ray_rate, plain_rate), "texts/s")
     return [[f"embed texts/s, {backbone}, {texts:,} texts (stage wall {t.seconds:.1f} s)",
-             fmt(ray_rate), f"{fmt(plain_rate)} (TextEncoder.embed, 1 thread)",
+             fmt(ray_rate),
+             f"{fmt(plain_rate)} (TextEncoder.embed, {torch_threads_default()} threads)",
              fmt(ratio(ray_rate, plain_rate)),
              f"Ray ÷ plain; {summary['actors']} actor(s); max |Δφ| vs cache {diff:.1e}"]]
 

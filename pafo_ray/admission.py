@@ -14,12 +14,15 @@ their own Ray Data reads wait for). Here, in small pure functions (no Ray):
 - :func:`infeasible`: a demand no amount of waiting can meet, named with the cluster's
   resources, so the run fails at once instead of hanging;
 - :func:`pool_size`, :func:`trials_at_once`: Ray Data actor pools and Tune trials capped by
-  what fits (a pool never takes every CPU: its reads need one).
+  what fits (a pool never takes every CPU: its reads need one);
+- :func:`actor_cpus`, :func:`actor_threads`: an inference actor's CPUs when not configured
+  (a whole node less the reads' CPU) and the torch threads that use them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +60,11 @@ class Capacity:
     memory_gib: float = 0.0
     max_cpus: Optional[float] = None
     max_gpus: Optional[float] = None
+    node_cpus: Optional[float] = None  # the largest node's CPUs (None: one node holds them all)
+
+    @property
+    def largest_node_cpus(self) -> float:
+        return self.node_cpus if self.node_cpus is not None else self.plan_cpus
 
     @property
     def plan_cpus(self) -> float:
@@ -147,6 +155,32 @@ def pool_size(wanted: int, cpus_per_actor: float, gpus_per_actor: float,
     less than ``reserve_cpus`` for the read tasks feeding it (a full pool starves them)."""
     room = Capacity(cpus=max(0.0, capacity.plan_cpus - reserve_cpus), gpus=capacity.plan_gpus)
     return max(1, min(wanted, fits_at_once(Demand(cpus_per_actor, gpus_per_actor), room)))
+
+
+def actor_cpus(cpus_per_actor: Optional[float], gpus_per_actor: float, capacity: Capacity,
+               reserve_cpus: float = 1.0) -> float:
+    """CPUs one inference actor asks for: ``cpus_per_actor`` when set; else 1 beside a GPU (the
+    GPU does the work); else the largest node's CPUs less ``reserve_cpus`` for the reads, at
+    least 1: one actor per node whose torch threads use all its cores (one process of N
+    threads keeps one copy of the model and gets every core even when few blocks are queued)."""
+    if cpus_per_actor is not None:
+        return float(cpus_per_actor)
+    if gpus_per_actor > 0:
+        return 1.0
+    return max(1.0, math.floor(capacity.largest_node_cpus - reserve_cpus))
+
+
+def actor_threads(cpus: float, cores: Optional[int] = None) -> int:
+    """Torch threads for a process given ``cpus`` CPUs: ``int(cpus)``, at most the ``cores``
+    this process may run on (default: its CPU affinity), at least 1. Ray's logical CPUs may
+    exceed the cores (a local Ray starts with at least 8), and threads beyond the cores
+    only contend."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+    return max(1, min(int(cpus), cores))
 
 
 def trials_at_once(wanted: int, cpus_per_trial: float, gpus_per_trial: float,

@@ -217,10 +217,18 @@ class ModelConfig:
 
 @dataclass
 class EmbedConfig:
-    batch_size: int = _f(64, "Texts per embedding batch.")
-    num_actors: int = _f(1, "Actors in the embedding pool (capped below the cluster CPUs).")
+    batch_size: int = _f(64, "Texts per forward pass. An actor sorts each block of texts "
+                         "by token length before cutting it into batches (and restores the "
+                         "order), so a batch pads only to its own longest text.")
+    num_actors: Optional[int] = _f(None, "Actors in the embedding pool, capped so that one CPU "
+                                   "stays free for the reads. None: as many as the cluster "
+                                   "holds (Ray Data starts them as blocks queue up).")
     num_gpus_per_actor: float = _f(0.0, "GPUs per embedding actor (0: CPU).")
-    cpus_per_actor: float = _f(1.0, "CPUs per embedding actor.")
+    cpus_per_actor: Optional[float] = _f(
+        None, "CPUs per embedding actor; its torch threads = these CPUs, at most the cores of "
+        "its machine. None: with a GPU 1; on CPU the largest node's CPUs less one for the "
+        "reads (one actor per node using all its cores; set it on an autoscaling cluster "
+        "whose nodes are not up yet).")
     adapt: Literal["none", "mlp"] = _f(
         "none", "Features learned from the preferences. mlp: after embedding, fit one GELU "
         "layer h = gelu(A·φ) under the lowrank head by Bradley-Terry on the TRAINING rows only, "

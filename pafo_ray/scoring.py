@@ -64,11 +64,15 @@ class MarginScorer:
                 rows.chosen_index = self.cache.index_of(batch["chosen_text_id"].to_numpy(np.int64))
                 rows.rejected_index = self.cache.index_of(
                     batch["rejected_text_id"].to_numpy(np.int64))
-            else:
-                enc = model.encoder
-                rows.chosen_tokens = enc.tokenize(list(batch["prompt"]), list(batch["chosen"]))
-                rows.rejected_tokens = enc.tokenize(list(batch["prompt"]), list(batch["rejected"]))
-            batch[column] = score_rows(scorer, rows, self.cache, device=self.device)
+                batch[column] = score_rows(scorer, rows, self.cache, device=self.device)
+            else:  # finetune: both texts of every row through the backbone, batched by length
+                prompts = list(batch["prompt"])
+                phi = model.embed_texts(prompts + prompts,
+                                        list(batch["chosen"]) + list(batch["rejected"]))
+                with torch.no_grad():
+                    margins = scorer(users.to(phi.device), chosen_phi=phi[:len(batch)],
+                                     rejected_phi=phi[len(batch):])
+                batch[column] = margins.float().cpu().numpy()
             batch[f"{column}_unknown_user"] = (users < 0).numpy()
         return batch
 

@@ -20,6 +20,7 @@ from pafo_ray.admission import (
     Budget,
     Capacity,
     Demand,
+    actor_cpus,
     capacity_from,
     fits_at_once,
     infeasible,
@@ -55,16 +56,21 @@ class StageRow:
 
 def cluster_capacity(ray_cfg) -> Capacity:
     """The connected cluster's CPUs/GPUs/memory, with ``run.ray.max_cpus``/``max_gpus``."""
+    import dataclasses
+
     import ray
 
-    return capacity_from(ray.cluster_resources(), ray_cfg.max_cpus, ray_cfg.max_gpus)
+    nodes = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    return dataclasses.replace(capacity_from(ray.cluster_resources(), ray_cfg.max_cpus,
+                                             ray_cfg.max_gpus),
+                               node_cpus=max(nodes) if nodes else None)
 
 
 def local_capacity(ray_cfg) -> Capacity:
     """The local Ray that ``init_ray`` would start (without starting it)."""
     cpus = ray_cfg.num_cpus or max(8, os.cpu_count() or 1)
     return Capacity(cpus=float(cpus), gpus=float(ray_cfg.num_gpus or 0),
-                    max_cpus=ray_cfg.max_cpus, max_gpus=ray_cfg.max_gpus)
+                    max_cpus=ray_cfg.max_cpus, max_gpus=ray_cfg.max_gpus, node_cpus=float(cpus))
 
 
 def shared_budget(ray_cfg) -> Budget:
@@ -77,6 +83,14 @@ def shared_budget(ray_cfg) -> Budget:
             if _BUDGET is None or _BUDGET.capacity != capacity:
                 _BUDGET = Budget(capacity)
         return _BUDGET
+
+
+def embed_pool_size(e, cpus: float, capacity: Capacity) -> int:
+    """Actors of the embed pool: ``embed.num_actors`` when set, else as many actors of
+    ``cpus`` CPUs as the cluster holds beside the reads' CPU (Ray Data starts them as blocks
+    queue up)."""
+    wanted = e.num_actors if e.num_actors is not None else 1_000_000
+    return pool_size(wanted, cpus, e.num_gpus_per_actor, capacity)
 
 
 def teacher_count(cfg) -> int:
@@ -125,12 +139,12 @@ def stage_rows(cfg, stages: list, capacity: Capacity) -> list:
         rows.append(StageRow("prepare", "Ray Data tasks", int(cpus), Demand(1.0, 0.0, 0.25), int(cpus)))
     if "embed" in stages:
         e = cfg.embed
-        demand = Demand(e.cpus_per_actor, e.num_gpus_per_actor, ACTOR_MEMORY_GIB)
+        cpus = actor_cpus(e.cpus_per_actor, e.num_gpus_per_actor, capacity)
+        demand = Demand(cpus, e.num_gpus_per_actor, ACTOR_MEMORY_GIB)
         error = infeasible("embed: each actor", demand, capacity,
                            "Set embed.num_gpus_per_actor=0 or add GPU nodes.")
-        rows.append(StageRow("embed", "actor(s)", e.num_actors, demand,
-                             0 if error else pool_size(e.num_actors, e.cpus_per_actor,
-                                                       e.num_gpus_per_actor, capacity), error))
+        actors = embed_pool_size(e, cpus, capacity)
+        rows.append(StageRow("embed", "actor(s)", actors, demand, 0 if error else actors, error))
     concurrent = [s for s in ("teachers", "baselines") if s in stages]
     for stage in concurrent:
         rows.append(_trainer_row(cfg, stage, trainers_of(cfg, stage), capacity))

@@ -12,6 +12,8 @@ from pafo_ray.admission import (
     Budget,
     Capacity,
     Demand,
+    actor_cpus,
+    actor_threads,
     capacity_from,
     fits_at_once,
     infeasible,
@@ -67,6 +69,30 @@ def test_pools_leave_a_cpu_for_their_reads_and_trials_are_capped():
     assert trials_at_once(8, 1.0, 0.25, Capacity(cpus=16, gpus=1)) == 4
     assert trials_at_once(8, 1.0, 0.0, Capacity(cpus=3)) == 3
     assert trials_at_once(2, 1.0, 0.0, Capacity(cpus=16)) == 2
+
+
+def test_an_unset_actor_takes_a_node_less_the_reads_and_its_threads_follow_its_cpus():
+    assert actor_cpus(2.0, 0.0, Capacity(cpus=8)) == 2.0                   # configured: as given
+    assert actor_cpus(None, 0.0, Capacity(cpus=8)) == 7.0                  # one node, less 1 read
+    assert actor_cpus(None, 0.0, Capacity(cpus=64, node_cpus=16)) == 15.0  # the largest node
+    assert actor_cpus(None, 1.0, Capacity(cpus=8, gpus=2)) == 1.0          # the GPU does the work
+    assert actor_cpus(None, 0.0, Capacity(cpus=1)) == 1.0                  # never below 1
+    assert actor_threads(7.0, cores=2) == 2   # a local Ray's 8 logical CPUs on a 2-core machine
+    assert actor_threads(3.0, cores=16) == 3
+    assert actor_threads(0.5, cores=4) == 1
+
+
+def test_the_embed_pool_follows_the_config_else_the_cluster():
+    from pafo_ray.config import load_config
+    from pafo_ray.stages.embed import embed_pool
+
+    auto = load_config(None, [])
+    assert embed_pool(auto, Capacity(cpus=8)) == {"actors": 1, "cpus": 7.0}
+    # 4 nodes of 16 CPUs: one 15-CPU actor per node (63 // 15 = 4).
+    assert embed_pool(auto, Capacity(cpus=64, node_cpus=16)) == {"actors": 4, "cpus": 15.0}
+    set_ = load_config(None, ["embed.num_actors=3", "embed.cpus_per_actor=2"])
+    assert embed_pool(set_, Capacity(cpus=8)) == {"actors": 3, "cpus": 2.0}
+    assert embed_pool(set_, Capacity(cpus=4)) == {"actors": 1, "cpus": 2.0}  # 1 CPU for reads
 
 
 def test_capacity_from_ray_resources():

@@ -292,3 +292,34 @@ def test_finetune_step_changes_every_trainable_parameter(tiny_bert):
     for name, param in model.named_parameters():
         if name in before:
             assert not torch.equal(param, before[name]), f"{name} did not change"
+
+
+def test_batching_by_length_restores_the_order_and_equals_the_unsorted_path(tiny_bert):
+    from pafo_ray.models.backbone import length_order
+
+    encoder = TextEncoder(tiny_bert, max_length=48)
+    # Lengths deliberately out of order, so that sorting moves rows (checked below).
+    prompts = [PROMPTS[i % 4] for i in range(11)]
+    responses = [("answer " * (7 * i % 11)) + RESPONSES[i % 4] for i in range(11)]
+    ids, _ = encoder.token_ids(prompts, responses)
+    order = length_order(ids)
+    assert not np.array_equal(order, np.arange(len(ids)))
+    assert [len(ids[i]) for i in order] == sorted((len(i) for i in ids), reverse=True)
+    by_length = encoder.embed(prompts, responses, batch_size=3)
+    plain = encoder.embed(prompts, responses, batch_size=3, by_length=False)
+    alone = np.concatenate([encoder.embed([p], [r]) for p, r in zip(prompts, responses)])
+    np.testing.assert_allclose(by_length, plain, atol=1e-5)
+    np.testing.assert_allclose(by_length, alone, atol=1e-5)
+    # Rows left in length order would not match: the texts' vectors are far apart.
+    assert not np.allclose(by_length[order], plain, atol=1e-3)
+
+
+def test_token_ids_mark_which_texts_were_cut(tiny_bert):
+    encoder = TextEncoder(tiny_bert, max_length=8)
+    ids, truncated = encoder.token_ids(["hello", "x", "hello"], ["world", "answer " * 20, "a"])
+    assert truncated.tolist() == [False, True, False] and encoder.truncated_count == 1
+    assert [len(i) for i in ids] == [4, 8, 4]
+    batch = encoder.pad(ids)
+    assert batch["input_ids"].shape == (3, 8)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [4, 8, 4]
+    assert (batch["input_ids"][0, 4:] == encoder.tokenizer.pad_token_id).all()

@@ -209,14 +209,14 @@ class RewardModel(nn.Module):
         device = self.head.user_embedding.weight.device
         out = []
         try:
+            if embeddings is not None:
+                every_phi = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+            else:  # all texts through the backbone at once, batched by token length
+                every_phi = self.embed_texts(prompts, responses, batch_size=batch_size)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 index = self.user_index(user_ids[start:stop]).to(device)
-                if embeddings is not None:
-                    phi = torch.as_tensor(np.asarray(embeddings[start:stop], dtype=np.float32))
-                    phi = phi.to(device)
-                else:
-                    phi = self.embed_texts(prompts[start:stop], responses[start:stop])
+                phi = every_phi[start:stop].to(device)
                 rewards = self.forward_features(phi, index)
                 if self.cold_start == "population" and bool((index < 0).any()):
                     zero = torch.zeros(len(index), self.head.rank, device=device)
@@ -227,14 +227,16 @@ class RewardModel(nn.Module):
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     @torch.no_grad()
-    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """φ ``[n, D]`` of (prompt, response) pairs through the model's backbone, on its device."""
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = 64) -> torch.Tensor:
+        """φ ``[n, D]`` of (prompt, response) pairs through the model's backbone, on its device,
+        in the order given (batched by token length: :meth:`TextEncoder.embed`)."""
         device = self.head.user_embedding.weight.device
         encoder = self._text_encoder()
         if encoder is not self.encoder:
             encoder.eval()  # a frozen-mode encoder is not a submodule of self
-        enc = encoder.tokenize(list(prompts), list(responses))
-        return encoder(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        phi = encoder.embed(list(prompts), list(responses), batch_size=batch_size)
+        return torch.from_numpy(phi).to(device)
 
     # ---------------------------------------------------------------- groups
 

@@ -56,40 +56,76 @@ def _distinct(batch: pa.Table) -> pa.Table:
 
 
 class Embedder:
-    """An actor of the pool: one backbone, many batches."""
+    """An actor of the pool: one backbone, many blocks of texts.
+
+    Its torch threads are its CPUs (at most its machine's cores). Each Ray Data batch (about
+    a block) is tokenized in one call, sorted by token length, cut into forward batches of
+    ``batch_size`` texts and put back in its order: a batch pads only to its own longest text.
+    """
 
     def __init__(self, backbone: str, pooling: str, max_length: int, template: str, device: str,
-                 pooling_layers: tuple = (), layer_combine: str = "mean"):
+                 pooling_layers: tuple = (), layer_combine: str = "mean", cpus: float = 1.0,
+                 batch_size: int = 64):
         import torch
 
+        from pafo_ray.admission import actor_threads
         from pafo_ray.models.backbone import TextEncoder
 
         if device == "cpu":
-            torch.set_num_threads(1)  # one core per actor; the pool size sets parallelism
+            torch.set_num_threads(actor_threads(cpus))
+        self.threads = torch.get_num_threads()
+        self.batch_size = batch_size
         self.encoder = TextEncoder(backbone, pooling=pooling, max_length=max_length,
                                    template=template, pooling_layers=pooling_layers,
                                    layer_combine=layer_combine).to(device).eval()
-        self.batch = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        before = self.encoder.truncated_count
-        vectors = self.encoder.embed(batch.column("prompt").to_pylist(),
-                                     batch.column("response").to_pylist(),
-                                     batch_size=max(1, batch.num_rows))
-        cut = self.encoder.truncated_count - before
-        flat = pa.array(vectors.astype(np.float32).reshape(-1))
-        embedding = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-        truncated = np.zeros(batch.num_rows, dtype=bool)
-        truncated[:cut] = True  # a count per batch; which texts were cut does not matter here
+        ids, truncated = self.encoder.token_ids(batch.column("prompt").to_pylist(),
+                                                batch.column("response").to_pylist())
+        vectors = self.encoder.embed_ids(ids, batch_size=self.batch_size, by_length=True)
+        flat = pa.array(vectors.reshape(-1))
+        embedding = pa.FixedSizeListArray.from_arrays(flat, self.encoder.hidden_size)
         return pa.table({"text_id": batch.column("text_id"), "embedding": embedding,
-                         "truncated": truncated})
+                         "truncated": pa.array(truncated, type=pa.bool_())})
+
+
+def block_rows(cfg) -> int:
+    """Texts per block, and per Ray Data batch an actor sorts by length at once."""
+    return max(4096, 64 * cfg.embed.batch_size)
+
+
+def embed_pool(cfg, capacity) -> dict:
+    """The actor pool from the config and the cluster: ``actors``, ``cpus`` (per actor)."""
+    from pafo_ray.admission import actor_cpus
+    from pafo_ray.sizing import embed_pool_size
+
+    e = cfg.embed
+    cpus = actor_cpus(e.cpus_per_actor, e.num_gpus_per_actor, capacity)
+    return {"actors": embed_pool_size(e, cpus, capacity), "cpus": cpus}
+
+
+def embed_texts(texts, cfg, pool: dict):
+    """Ray Data: ``texts`` (``text_id``, ``prompt``, ``response``) -> (``text_id``,
+    ``embedding``, ``truncated``) through an actor pool of ``pool`` (:func:`embed_pool`)."""
+    import ray.data
+
+    e, m = cfg.embed, cfg.model
+    device = "cuda" if e.num_gpus_per_actor > 0 else "cpu"
+    return texts.map_batches(
+        Embedder, batch_format="pyarrow", batch_size=block_rows(cfg),
+        fn_constructor_kwargs=dict(backbone=m.backbone, pooling=m.pooling,
+                                   max_length=m.max_length, template=m.template, device=device,
+                                   pooling_layers=tuple(m.pooling_layers),
+                                   layer_combine=m.layer_combine, cpus=pool["cpus"],
+                                   batch_size=e.batch_size),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool["actors"]),
+        num_gpus=e.num_gpus_per_actor or None, num_cpus=pool["cpus"])
 
 
 def run(ctx: StageContext) -> dict:
     import ray
     import ray.data
 
-    from pafo_ray.admission import pool_size
     from pafo_ray.models.backbone import resolve_backbone
     from pafo_ray.ray_session import data_parallelism
     from pafo_ray.sizing import cluster_capacity
@@ -98,8 +134,7 @@ def run(ctx: StageContext) -> dict:
     resolve_backbone(cfg.model.backbone)  # fail fast, on the driver, with the clear message
     e = cfg.embed
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
-    actors = pool_size(e.num_actors, e.cpus_per_actor, e.num_gpus_per_actor,
-                       cluster_capacity(cfg.run.ray))
+    pool = embed_pool(cfg, cluster_capacity(cfg.run.ray))
     ds = ray.data.read_parquet(run_dir.prepared_rows()).select_columns(
         ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
     texts = (ds.map_batches(texts_of, batch_format="pyarrow", batch_size=None)
@@ -108,21 +143,13 @@ def run(ctx: StageContext) -> dict:
              # A hash partition is one block of every text it holds; handed to an actor whole
              # it held ~5 GiB there at 1M rows and was killed for memory at 5M. Blocks of a
              # few batches keep the actors' memory flat whatever the data size.
-             .repartition(target_num_rows_per_block=max(4096, 64 * e.batch_size))
+             .repartition(target_num_rows_per_block=block_rows(cfg))
              # Done before the pool starts: an actor pool holds its CPUs from the start of an
              # execution, and the hash shuffle's tasks want a whole CPU each beside its
              # aggregators. On a 2-CPU cluster pool + aggregators left 0.5 CPU and the shuffle
              # waited forever (cluster/local.yaml on `ray start --head --num-cpus 2`).
              .materialize())
-    device = "cuda" if e.num_gpus_per_actor > 0 else "cpu"
-    embedded = texts.map_batches(
-        Embedder, batch_format="pyarrow", batch_size=e.batch_size,
-        fn_constructor_kwargs=dict(backbone=cfg.model.backbone, pooling=cfg.model.pooling,
-                                   max_length=cfg.model.max_length, template=cfg.model.template,
-                                   device=device, pooling_layers=tuple(cfg.model.pooling_layers),
-                                   layer_combine=cfg.model.layer_combine),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_gpus=e.num_gpus_per_actor or None, num_cpus=e.cpus_per_actor)
+    embedded = embed_texts(texts, cfg, pool)
     began = time.time()
     adapt = e.adapt != "none"
     # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
@@ -136,7 +163,8 @@ def run(ctx: StageContext) -> dict:
     first = ray.data.read_parquet(cache_uri).select_columns(["embedding"]).take(1)
     dim = int(len(first[0]["embedding"])) if first else 0
     summary = {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
-               "backbone": cfg.model.backbone, "actors": actors, "max_length": cfg.model.max_length,
+               "backbone": cfg.model.backbone, "actors": pool["actors"],
+               "cpus_per_actor": pool["cpus"], "max_length": cfg.model.max_length,
                "pooling_layers": list(cfg.model.pooling_layers),
                "layer_combine": cfg.model.layer_combine, "encode_seconds": encode_seconds}
     if adapted is not None:
@@ -187,4 +215,5 @@ def describe(summary: dict) -> str:
              f"{adapt['frozen_holdout_accuracy']:.3f} frozen)" if adapt else "")
     return (f"{summary['texts']:,} distinct texts embedded ({summary['dim']}-d, "
             f"{summary['backbone']}, {summary['truncated_texts']:,} cut at "
-            f"{summary['max_length']} tokens, {summary['actors']} actor(s)){extra}")
+            f"{summary['max_length']} tokens, {summary['actors']} actor(s) of "
+            f"{summary.get('cpus_per_actor', 1):g} CPU){extra}")
