@@ -222,6 +222,12 @@ def test_one_worker_group_trains_all_three_jobs(real_workers):
     # vanilla's injected failure was retried inside its worker; the others ran once.
     assert metrics["vanilla"]["attempt"] == 1
     assert all(metrics[g]["attempt"] == 0 for g in GROUPS)
+    # Each worker told the driver's progress board (the status line) its last epoch.
+    from pafo_ray import progress
+
+    epochs = ctx.cfg.train.epochs
+    board = progress.snapshot(ctx.cfg.run.run_name, timeout=10).get("teachers", {})
+    assert board == {name: (epochs, epochs) for name in ("vanilla", *GROUPS)}, board
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ def fit_pooled(entries: list) -> dict:
     for e in entries:
         payload = job_payload(e.job)
         payload["uris"] = {"train": e.job.train, "val": e.job.val}
+        payload["stage"] = e.stage
         payload["dir"] = job_dir(e.layout.ray_storage(e.stage), e.job.name, e.run_hash)
         payload["max_failures"] = tc.max_failures
         payload["fail_once"] = _fail_once(e.layout, e.stage, e.job, e.run_hash)

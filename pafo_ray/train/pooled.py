@@ -174,6 +174,7 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
     import ray.train
     import torch
 
+    from pafo_ray import progress
     from pafo_ray.config import config_from_dict
     from pafo_ray.data.schema import group_names
     from pafo_ray.layout import RunLayout
@@ -225,6 +226,8 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
         done = epoch + 1
         history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_seconds", "steps",
                                                 "val_accuracy") if k in metrics})
+        if sub_rank == 0:  # the status line: where this job is (never waits, never raises)
+            progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
         if (done % cfg.train.checkpoint_every and done != epochs) or sub_rank != 0:
             return
         metrics = {**metrics, **info, "started_epoch": start_epoch,

@@ -59,6 +59,7 @@ def train_func(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
+    from pafo_ray import progress
     from pafo_ray.config import config_from_dict
     from pafo_ray.data.schema import group_names
     from pafo_ray.train.arrays import frame_from_shard, read_cache
@@ -107,6 +108,8 @@ def train_func(config: dict) -> None:
         done = epoch + 1
         history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_seconds", "steps",
                                                 "val_accuracy") if k in metrics})
+        if rank == 0:  # the status line: where this job is (never waits, never raises)
+            progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
         if done % cfg.train.checkpoint_every and done != epochs:
             # A report is a round trip to the controller (~1-2 s with several trainers on 2
             # cores, where an epoch of a head takes milliseconds): every epoch's metrics go
@@ -221,6 +224,7 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     payload["checkpoint_root"] = checkpoint_root
     payload["uris"] = {"train": job.train, "val": job.val} if local else None
     payload["fail_once"] = _fail_once(layout, stage, job, run_hash)
+    payload["stage"] = stage
     trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or cfg.to_dict(),
                                                           "job": payload},
                            scaling_config=scaling, run_config=run_config, datasets=datasets,
@@ -308,11 +312,13 @@ def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> d
     ``TorchTrainer`` per job, each ``fit()`` in its own thread, reading Ray Data shards."""
     if not jobs:
         return {}
+    from pafo_ray import progress
     from pafo_ray.admission import infeasible, plan_line, trainer_demand
     from pafo_ray.console import say
     from pafo_ray.sizing import shared_budget
 
     tc = cfg.train
+    progress.start(cfg.run.run_name, stage)
     pooled = tc.pool_jobs and tc.num_workers > 0
     # A pooled trainer's workers read their rows themselves: no Ray Data ingest to keep CPUs for.
     demand = trainer_demand(tc.num_workers, tc.cpus_per_worker, tc.use_gpu,
