@@ -42,6 +42,13 @@ class Demand:
     cpus: float = 0.0
     gpus: float = 0.0
     memory_gib: float = 0.0
+    # The largest piece that must land on ONE node (a trainer's worker, a trial, an actor);
+    # None: the whole unit (``cpus``).
+    piece_cpus: Optional[float] = None
+
+    @property
+    def largest_piece(self) -> float:
+        return self.cpus if self.piece_cpus is None else self.piece_cpus
 
     def describe(self) -> str:
         parts = [f"{_num(self.cpus)} CPU"]
@@ -102,13 +109,14 @@ def trainer_demand(num_workers: int, cpus_per_worker: float, use_gpu: bool,
         return Demand()
     return Demand(cpus=num_workers * cpus_per_worker + ingest_cpus,
                   gpus=float(num_workers) if use_gpu else 0.0,
-                  memory_gib=num_workers * WORKER_MEMORY_GIB)
+                  memory_gib=num_workers * WORKER_MEMORY_GIB,
+                  piece_cpus=cpus_per_worker)
 
 
 def scaled(demand: Demand, count: int) -> Demand:
     """``count`` units of ``demand`` held as one (a pooled trainer of ``count`` jobs)."""
     return Demand(cpus=demand.cpus * count, gpus=demand.gpus * count,
-                  memory_gib=demand.memory_gib * count)
+                  memory_gib=demand.memory_gib * count, piece_cpus=demand.largest_piece)
 
 
 def fits_at_once(demand: Demand, capacity: Capacity) -> int:
@@ -122,7 +130,14 @@ def fits_at_once(demand: Demand, capacity: Capacity) -> int:
 
 
 def infeasible(what: str, demand: Demand, capacity: Capacity, hint: str = "") -> Optional[str]:
-    """The error for a ``demand`` one unit of which can never run on ``capacity``, or None."""
+    """The error for a ``demand`` one unit of which can never run on ``capacity``, or None:
+    more than the cluster has, or (no autoscaling) a piece bigger than its largest node."""
+    node = capacity.node_cpus
+    if (fits_at_once(demand, capacity) >= 1 and node is not None and not capacity.autoscales
+            and demand.largest_piece > node + 1e-9):
+        return (f"{what} needs {_num(demand.largest_piece)} CPUs on one node, but the largest "
+                f"node has {_num(node)} (the cluster has {capacity.describe()} in all): it can "
+                f"never be placed" + (f". {hint}" if hint else ""))
     if fits_at_once(demand, capacity) >= 1:
         return None
     short = []

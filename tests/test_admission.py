@@ -26,7 +26,7 @@ from pafo_ray.admission import (
 
 def test_trainer_demand_counts_workers_and_their_ingest():
     # 2 workers x 1.5 CPU + 1 CPU kept for the reads = 4 CPUs; GPU: one per worker.
-    assert trainer_demand(2, 1.5, False, 1.0) == Demand(4.0, 0.0, 2.4)
+    assert trainer_demand(2, 1.5, False, 1.0) == Demand(4.0, 0.0, 2.4, piece_cpus=1.5)
     assert trainer_demand(2, 1.5, True, 1.0).gpus == 2.0
     assert trainer_demand(0, 4.0, True, 1.0) == Demand()  # local mode holds nothing
 
@@ -59,6 +59,25 @@ def test_infeasible_names_what_was_asked_and_what_the_cluster_has():
     assert infeasible("x", demand, Capacity(cpus=4, gpus=0, max_gpus=2)) is None
     too_big = trainer_demand(4, 2.0, False, 1.0)          # 9 CPUs on an 8-CPU cluster
     assert "9 CPUs can never be granted" in infeasible("x", too_big, Capacity(cpus=8))
+
+
+def test_a_worker_bigger_than_every_node_is_infeasible_though_the_total_fits():
+    # 2 workers x 6 CPUs (+1 ingest) = 13 of a 16-CPU cluster of four 4-CPU nodes: the total
+    # fits, but no node holds one worker, so Ray would wait forever.
+    demand = trainer_demand(2, 6.0, False, 1.0)
+    nodes = Capacity(cpus=16, node_cpus=4)
+    assert fits_at_once(demand, nodes) == 1
+    message = infeasible("teachers: each trainer", demand, nodes, "Lower it.")
+    assert message == ("teachers: each trainer needs 6 CPUs on one node, but the largest node "
+                       "has 4 (the cluster has 16 CPUs, 0 GPUs in all): it can never be "
+                       "placed. Lower it.")
+    assert infeasible("x", demand, Capacity(cpus=16, node_cpus=8)) is None   # a node holds it
+    assert infeasible("x", demand, Capacity(cpus=16)) is None          # nodes unknown
+    # An autoscaler may add bigger nodes: admission waits instead of failing.
+    assert infeasible("x", demand, Capacity(cpus=16, node_cpus=4, max_cpus=64)) is None
+    # A trial or an actor is one piece: its whole demand must fit on a node.
+    assert "needs 6 CPUs on one node" in infeasible("tune: each trial", Demand(6.0),
+                                                    Capacity(cpus=16, node_cpus=4))
 
 
 def test_pools_leave_a_cpu_for_their_reads_and_trials_are_capped():
