@@ -5,15 +5,24 @@
     reward = TRLReward("pafo_runs/demo/distill/student")   # or a RewardModel, s3://..., hub id
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], train_dataset=ds, ...)
 
+(``pip install -e '.[trl]'``; tests/test_trl_grpo.py runs two real GRPOTrainer steps on CPU.)
+
 TRL calls ``reward(prompts=..., completions=..., **columns)`` with the batch's other dataset
 columns as keywords, so the user of each completion comes from the dataset's ``user_id`` column
 (``user_column``). Prompts and completions may be plain strings or conversations (lists of
 ``{"role", "content"}`` messages); a conversation becomes its messages' contents joined by a
 blank line (the student's ``model.template`` then joins prompt and response as in training).
 
-Rewards are the student's raw per-user rewards; ``center="prompt"`` subtracts, per user and
-prompt, the mean over that prompt's completions in the batch (what GRPO's group advantage
-does anyway; useful for RLOO-style trainers that do not), ``center=None`` leaves them raw.
+Reward scale: the student's raw per-user rewards ``r(u, x, y)`` (default ``center=None``),
+neither centred nor standardised. They are Bradley–Terry logits *for that user*: for one user
+and prompt, ``r(y1) − r(y2)`` is the log-odds that the user prefers ``y1``. Levels are not
+comparable across users or prompts (no per-user or per-prompt bias is learned — a constant
+cancels in every margin — and a lowrank head's scale grows with ``|g + e_u|``), so compare
+completions of one prompt for one user. GRPO does exactly that (its advantage subtracts each
+prompt group's mean, and by default divides by its std). ``center="prompt"`` subtracts, per
+user and prompt, the mean over that prompt's completions in the batch: for trainers that use
+the reward level itself (RLOO's baseline is leave-one-out, so it does not need it; PPO-style
+value learning does better on centred rewards).
 Unknown users get the model's cold-start rule (``model.cold_start``). OpenRLHF's remote
 reward model is the served app's ``POST /get_reward`` (pafo_ray.serve).
 """

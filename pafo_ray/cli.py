@@ -8,6 +8,7 @@
     pafo-ray plan [--config my.yaml] [overrides]   # resources per stage vs the cluster
     pafo-ray serve [--config my.yaml] [serve.model=DIR serve.port=8000 ...]
     pafo-ray score MODEL INPUT OUTPUT [--cold-start mean|population] [...]
+    pafo-ray adapt MODEL ANSWERS OUTPUT [--user ID] [--vectors-only] [...]   # new users
 
 Nothing heavy is imported until a command runs, so ``--help`` is instant.
 """
@@ -21,7 +22,7 @@ import sys
 from typing import Optional
 
 # Commands that are not pipeline stages (every other subcommand is one, from the registry).
-TOOLS = ("run", "generate", "plan", "show-config", "serve", "score")
+TOOLS = ("run", "generate", "plan", "show-config", "serve", "score", "adapt")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,8 @@ def main(argv: Optional[list] = None) -> int:
             return _generate(args)
         if args.command == "score":
             return _score(args)
+        if args.command == "adapt":
+            return _adapt(args)
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"pafo-ray: config error: {redact_text(str(exc))}", file=sys.stderr)
@@ -201,6 +204,21 @@ def add_use_commands(sub) -> None:
     score.add_argument("--num-actors", type=int, default=1, help="scoring actors (capped by CPUs)")
     score.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="0: CPU")
     score.add_argument("--ray-address", default=None, help="join this Ray (default: local)")
+    adapt = sub.add_parser("adapt", help="fair cold start: add new users to a saved student "
+                           "from their answered comparisons (pafo_ray.adapt)")
+    adapt.add_argument("model", help="student folder, s3:// or gs:// URI, or hub id")
+    adapt.add_argument("answers", help="parquet/jsonl with prompt, chosen, rejected "
+                       "(+ user_id, or --user)")
+    adapt.add_argument("output", help="student folder to write (or a .json with --vectors-only)")
+    adapt.add_argument("--user", default=None, help="the new user's id when the file has no "
+                       "user_id column")
+    adapt.add_argument("--place", default="group", choices=["group", "population", "mean"],
+                       help="start: the group posterior's group (fair), offset 0, or the mean user")
+    adapt.add_argument("--shrinkage", type=float, default=None,
+                       help="pull of the offset towards its start (default: the cold-start "
+                       "default, pafo_ray.coldstart.DEFAULT_SHRINKAGE)")
+    adapt.add_argument("--vectors-only", action="store_true", help="write the users' vectors, "
+                       "groups and posteriors as JSON instead of a student folder")
 
 
 def _serve(cfg) -> int:
@@ -224,6 +242,23 @@ def _score(args) -> int:
         print(f"pafo-ray score: {exc}", file=sys.stderr)
         return 1
     print(f"scored {out['files']} file(s) ({out['mode']}) into {out['output']}")
+    return 0
+
+
+def _adapt(args) -> int:
+    from pafo_ray.adapt import AdaptInputError, adapt
+    from pafo_ray.coldstart import DEFAULT_SHRINKAGE
+
+    shrinkage = DEFAULT_SHRINKAGE if args.shrinkage is None else args.shrinkage
+    try:
+        summary = adapt(args.model, args.answers, args.output, user=args.user, place=args.place,
+                        shrinkage=shrinkage, vectors_only=args.vectors_only)
+    except (AdaptInputError, FileNotFoundError, ValueError) as exc:
+        print(f"pafo-ray adapt: {exc}", file=sys.stderr)
+        return 1
+    for uid, row in summary.items():
+        print(f"{uid}: {row['answers']} answers, group {row['group']}")
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -6,7 +6,7 @@ batching, replicas or autoscaling from the ``serve`` config section. Routes::
     POST /score       {"user_id": "u1", "prompt": "Q?", "responses": ["a", "b"]}
                       -> {"rewards": [r_a, r_b]}
     POST /get_reward  OpenRLHF's remote reward model:
-                      {"query": [prompt+response, ...], "prompts": [prompt, ...],
+                      {"query": [prompt+response, ...], "prompts": [prompt, ...]?,
                        "user_ids": [...]?, "labels": [...]?} -> {"rewards": [...]}
     GET  /healthz     -> {"users": n, "model_type": "pafo_reward"}
 
@@ -15,7 +15,11 @@ and ``prompts``; it has no user field, but it forwards the dataset's ``--label_k
 ``labels``. So the user of item i is ``user_ids[i]`` when the body has ``user_ids``, else
 ``labels[i]`` (train with ``--label_key user_id``), else unknown (the cold-start rule,
 ``serve.cold_start``). The response is ``query[i]`` with its prompt ``prompts[i]`` cut off the
-front; a query that does not start with its prompt is a 400.
+front; a query that does not start with its prompt is a 400. OpenRLHF releases before
+``prompts``/``labels`` were added send ``{"query": [...]}`` alone: each query is then scored as
+one text (prompt "", response = the query), so the model's template separator between prompt
+and response is missing — the same tokens for whitespace-insensitive tokenizers (WordPiece:
+builtin-tiny, MiniLM), not necessarily for byte-level BPE ones.
 
 Rewards are the student's raw per-user rewards ``r(u, x, y)``, not centred: only differences
 for one user and prompt are meaningful (a per-user constant cancels in every margin). Centre
@@ -86,7 +90,9 @@ def parse_get_reward(body: Any, max_items: int) -> list:
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
     queries = _strings(body, "query")
-    prompts = _strings(body, "prompts")
+    prompts = _strings(body, "prompts", required=False)
+    if prompts is None:  # older OpenRLHF: query only; each query is one whole text
+        prompts = [""] * len(queries)
     if len(queries) != len(prompts):
         raise RequestError(f"{len(queries)} queries but {len(prompts)} prompts")
     if len(queries) > max_items:

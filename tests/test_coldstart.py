@@ -100,3 +100,67 @@ def test_active_choice_asks_where_the_groups_disagree():
     post = posterior(margins[:0], prior)
     assert choose_next(margins, post, set()) == 1
     assert choose_next(margins, post, {1}) != 1
+
+
+def test_newton_offset_is_the_ridge_logistic_optimum():
+    """The lowrank fast path (Newton in K dims) reaches the same optimum as LBFGS on the loss."""
+    from pafo_ray.coldstart import fit_offset
+
+    rng = np.random.default_rng(2)
+    model = hand_model()
+    chosen, rejected = pairs(rng, 7, MINORITY)
+    rejected[:2], chosen[:2] = chosen[:2].copy(), rejected[:2].copy()  # two noisy answers
+    start = torch.tensor([-1.0, 0.5])
+    pc, pr = torch.from_numpy(chosen), torch.from_numpy(rejected)
+    got = fit_offset(model, pc, pr, start, shrinkage=0.7)
+    delta = torch.zeros(K, requires_grad=True)
+    opt = torch.optim.LBFGS([delta], max_iter=200, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        users = (start + delta).expand(7, -1)
+        m = (model.head.score_vectors(pc, users) - model.head.score_vectors(pr, users))
+        loss = -torch.nn.functional.logsigmoid(m).sum() + 0.7 * delta.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    torch.testing.assert_close(got, (start + delta).detach(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, start)  # the answers moved it
+    with pytest.raises(ValueError, match="shrinkage"):
+        fit_offset(model, pc, pr, start, shrinkage=0.0)
+
+
+def test_fitted_group_populations_recover_planted_groups_and_round_trip(tmp_path):
+    """fit_group_vectors on rows answered by planted groups gives each group's direction in the
+    student's basis; the model saves and loads them, and the cold start uses them."""
+    from pafo_ray.coldstart import fit_group_vectors
+
+    rng = np.random.default_rng(3)
+    model = hand_model()
+    model.head.user_embedding.weight.data.zero_()  # mean offsets would say nothing
+    parts, groups = [], []
+    for name, weights, n in (("majority", MAJORITY, 400), ("minority", MINORITY, 100)):
+        parts.append(pairs(rng, n, weights))
+        groups += [name] * n
+    chosen = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    rejected = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    vectors = fit_group_vectors(model, chosen, rejected, groups)
+    g = model.head.population.detach()
+    for name, weights in (("majority", MAJORITY), ("minority", MINORITY)):
+        total = torch.tensor(vectors[name]) + g
+        cos = float(total @ torch.tensor(weights, dtype=torch.float32)
+                    / (total.norm() * np.linalg.norm(weights)))
+        assert cos > 0.98, (name, vectors[name])
+    model.set_group_vectors(vectors)
+    model.save_pretrained(tmp_path / "m")
+    loaded = RewardModel.from_pretrained(tmp_path / "m")
+    assert loaded.group_vectors.keys() == vectors.keys()
+    names, stored, prior = group_vectors(loaded)
+    torch.testing.assert_close(stored, torch.tensor([vectors[n] for n in names]))
+    c, r = pairs(rng, 5, MINORITY)
+    placed = place_user(loaded, c, r)
+    assert placed.group == "minority", placed.posterior
+    with pytest.raises(ValueError, match="3 values"):
+        loaded.set_group_vectors({"x": [1.0, 2.0, 3.0]})

@@ -45,6 +45,23 @@ def _post(url: str, body, raw: bytes | None = None) -> tuple:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def openrlhf_remote_rm_fn(api_url: str, queries, prompts=None, labels=None):
+    """The client side of OpenRLHF's remote reward model, as openrlhf/utils/remote_rm_utils.py
+    does it: ``requests.post(json=...)``, ``raise_for_status``, the ``rewards`` key of the JSON
+    answer, ``torch.tensor`` of it. Older releases send ``{"query"}`` only, newer ones
+    ``{"query", "prompts", "labels"}`` (``labels`` = the dataset's ``--label_key`` column)."""
+    import requests
+
+    data = {"query": queries} if prompts is None else {
+        "query": queries, "prompts": prompts, "labels": labels}
+    response = requests.post(url=api_url, json=data,
+                             headers={"Content-Type": "application/json"}, timeout=180)
+    response.raise_for_status()
+    response = response.json()
+    assert "rewards" in response, f"rewards not in {response}"
+    return torch.tensor(response.get("rewards"))
+
+
 def test_parsers_name_the_field():
     assert parse_score({"user_id": "a", "prompt": "p", "responses": ["x", "y"]}, 8) == [
         ("a", "p", "x"), ("a", "p", "y")]
@@ -62,6 +79,8 @@ def test_parsers_name_the_field():
     assert parse_get_reward(body, 8) == [("a", "Q?", " yes"), ("b", "Q2", " no")]
     assert parse_get_reward({**body, "user_ids": ["c", "d"]}, 8)[1][0] == "d"
     assert parse_get_reward({"query": ["Qx"], "prompts": ["Q"]}, 8) == [("", "Q", "x")]
+    # Older OpenRLHF: the query alone, scored as one text for the cold-start user.
+    assert parse_get_reward({"query": ["Q? yes"]}, 8) == [("", "", "Q? yes")]
     with pytest.raises(RequestError, match=r"query\[1\] does not start with prompts\[1\]"):
         parse_get_reward({"query": ["Q? yes", "no"], "prompts": ["Q?", "Q2"]}, 8)
     with pytest.raises(RequestError, match="1 labels but 2 queries"):
@@ -124,6 +143,17 @@ def test_serve_app_answers_real_http(ray_session, tmp_path):
         assert status == 200, out
         want = model.score(["bob", "alice"], [prompts[0], prompts[2]], [" short answer", " x"])
         np.testing.assert_allclose(out["rewards"], want, rtol=1e-5, atol=1e-6)
+        # OpenRLHF's own client code path (requests + response["rewards"] + torch.tensor), in
+        # both request shapes it has used; labels carry the users.
+        got = openrlhf_remote_rm_fn(f"{url}/get_reward", body["query"], body["prompts"],
+                                    body["labels"])
+        assert got.shape == (2,) and got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        old_shape = openrlhf_remote_rm_fn(f"{url}/get_reward", body["query"])
+        # Unknown user (mean-user rule) and the whole query as one text: with WordPiece the
+        # template's blank line is whitespace, so the tokens are those of prompt + response.
+        stranger = model.score(["", ""], [prompts[0], prompts[2]], [" short answer", " x"])
+        np.testing.assert_allclose(old_shape.numpy(), stranger, rtol=1e-5, atol=1e-6)
         # Malformed requests: 4xx with a message; the replica keeps answering.
         bad = [(None, b"{not json", 400, "not JSON"),
                ({"user_id": "alice", "prompt": "p"}, None, 400, "responses"),

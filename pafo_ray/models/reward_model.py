@@ -9,6 +9,8 @@ Saved folder (no pickle; one folder that loads anywhere)::
     user_ids.json       the user ids, in embedding-row order
     user_groups.json    optional: each user's group (the run's final groups) -> the group
                         vectors of the fair cold start (pafo_ray.coldstart)
+    group_vectors.json  optional: {group: [K] start offset}, each group's population fitted in
+                        this head's basis by the distill stage (pafo_ray.coldstart)
     backbone/           finetune mode: the trained HF model + tokenizer (save_pretrained);
                         frozen mode: a copy of the frozen backbone when saved with
                         ``include_backbone=True`` — otherwise ``backbone_ref`` pins it by name
@@ -47,6 +49,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 USERS_NAME = "user_ids.json"
 GROUPS_NAME = "user_groups.json"
+GROUP_VECTORS_NAME = "group_vectors.json"
 BACKBONE_DIR = "backbone"
 COLD_START = ("mean", "population")
 MODEL_TYPE = "pafo_reward"  # config.json's model_type (pafo_ray.models.hf_config registers it)
@@ -89,6 +92,8 @@ class RewardModel(nn.Module):
         self.cold_start = "mean"
         # user id -> group name (the run's final groups), for the fair cold start.
         self.user_groups: dict[str, str] = {}
+        # group name -> [K] start offset of the fair cold start (fitted group populations).
+        self.group_vectors: dict[str, list] = {}
         self.backbone_ref: Optional[dict] = None  # the pinned backbone a loaded model names
         self._loaded_backbone: Optional[str] = None  # backbone/ of the folder it loaded from
         if model_cfg.mode == "finetune":
@@ -245,6 +250,15 @@ class RewardModel(nn.Module):
         self.user_groups = {str(u): str(g) for u, g in groups.items()
                             if str(u) in self._rows and g is not None and g == g}
 
+    def set_group_vectors(self, vectors: dict, source: str = "group vectors") -> None:
+        """``{group: [K] offset}``: the cold start's group starts (see pafo_ray.coldstart)."""
+        rank = self.head.user_embedding.weight.shape[1]
+        for group, vector in vectors.items():
+            if len(vector) != rank:
+                raise ValueError(f"{source}: group {group!r} has {len(vector)} values, the "
+                                 f"user table is {rank} wide")
+        self.group_vectors = {str(g): [float(v) for v in vec] for g, vec in vectors.items()}
+
     def add_user(self, user_id: str, vector: torch.Tensor) -> int:
         """Append a user row holding ``vector [K]`` (its offset e_u); returns its row."""
         user_id = str(user_id)
@@ -306,6 +320,8 @@ class RewardModel(nn.Module):
         (directory / USERS_NAME).write_text(json.dumps(self.user_ids))
         if self.user_groups:
             (directory / GROUPS_NAME).write_text(json.dumps(self.user_groups))
+        if self.group_vectors:
+            (directory / GROUP_VECTORS_NAME).write_text(json.dumps(self.group_vectors))
         config = {"model_type": MODEL_TYPE, "architectures": ["PafoRewardModel"],
                   "format_version": FORMAT_VERSION, "model": dataclasses.asdict(self.model_cfg),
                   "input_dim": self.input_dim, "num_users": len(self.user_ids),
@@ -400,4 +416,7 @@ class RewardModel(nn.Module):
             model._loaded_backbone = str(backbone)  # the copy serves score(), loaded on first use
         if (directory / GROUPS_NAME).exists():
             model.set_user_groups(json.loads((directory / GROUPS_NAME).read_text()))
+        if (directory / GROUP_VECTORS_NAME).exists():
+            model.set_group_vectors(json.loads((directory / GROUP_VECTORS_NAME).read_text()),
+                                    source=str(directory / GROUP_VECTORS_NAME))
         return model.to(map_location)

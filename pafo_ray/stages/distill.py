@@ -5,7 +5,8 @@ Loss per row: ``w_g [BT + λ·D(m_S, m_T)]`` (on unlabelled comparisons, ``disti
 group's teacher (see pafo_ray.train.targets). The weights come from ``distill.*``, or
 from the tune stage's chosen trial when one exists and ``distill.use_tuned`` is on.
 Output: ``distill/student/`` (a saved RewardModel, with ``user_groups.json``: each user's
-final group from the groups stage, which the fair cold start needs).
+final group from the groups stage, and ``group_vectors.json``: each group's population in the
+student's basis — what the fair cold start needs).
 """
 
 from __future__ import annotations
@@ -65,6 +66,39 @@ def write_user_groups(ctx: StageContext, outputs: list) -> None:
     mapping = dict(zip(users["user_id"].astype(str), users["group"].astype(str)))
     for uri in outputs:
         ctx.run_dir.write_file(join(uri, GROUPS_NAME), json.dumps(mapping, indent=1).encode())
+    write_group_vectors(ctx, outputs, mapping)
+
+
+def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> None:
+    """``group_vectors.json`` ({group: [K] offset}) into each saved model folder: each group's
+    population fitted through the student's own W on its users' training rows — the fair cold
+    start's group starts (pafo_ray.coldstart.fit_group_vectors). Frozen mode only: the
+    embedding cache is the student's φ there (finetune mode keeps the mean-offset fallback)."""
+    import json
+
+    import numpy as np
+
+    from pafo_ray.coldstart import fit_group_vectors
+    from pafo_ray.models import RewardModel
+    from pafo_ray.models.reward_model import GROUP_VECTORS_NAME
+    from pafo_ray.storage import join
+    from pafo_ray.train.arrays import read_cache
+    from pafo_ray.train.frames import read_frame
+
+    if ctx.cfg.model.mode != "frozen" or ctx.cfg.model.head != "lowrank":
+        return
+    rows = read_frame(ctx.run_dir.prepared_rows("train"),
+                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
+    cache = read_cache(ctx.run_dir.embed_cache())
+    chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
+    rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
+    groups = rows["user_id"].astype(str).map(mapping).to_numpy(dtype=object)
+    for uri in outputs:
+        model = RewardModel.from_pretrained(uri)
+        vectors = fit_group_vectors(model, chosen, rejected, groups)
+        if vectors:
+            ctx.run_dir.write_file(join(uri, GROUP_VECTORS_NAME),
+                                   json.dumps(vectors, indent=1).encode())
 
 
 def run(ctx: StageContext) -> dict:
