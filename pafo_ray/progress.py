@@ -22,6 +22,8 @@ BOARD_NAMESPACE = "pafo_ray"
 _LOCAL: dict = {}
 _LOCK = threading.Lock()
 _OWNED: dict = {}  # run -> the driver's handle: a named actor without one is collected
+_ASKED: dict = {}  # run -> the board's pending answer (an ObjectRef)
+_SEEN: dict = {}   # run -> its last answer
 
 
 class _Board:
@@ -58,6 +60,7 @@ def start(run: str, stage: str) -> None:
     """Open ``stage``'s board in run ``run`` (the driver, before its trainers start)."""
     with _LOCK:
         _LOCAL.pop(stage, None)
+        _SEEN.get(run, {}).pop(stage, None)
     try:
         board = _actor(run, create=True)  # get_if_exists: this Ray's board, even after a restart
         if board is not None:
@@ -80,18 +83,29 @@ def epoch(run: str, stage: str, job: str, done: int, total: int) -> None:
 
 
 def snapshot(run: str, timeout: float = 0.2) -> dict:
-    """Every stage's jobs and their ``(epoch, epochs)``: this process's, then the board's."""
+    """Every stage's jobs and their ``(epoch, epochs)``: this process's, then the board's
+    latest answer. Never blocks longer than ``timeout``: on a busy cluster the board may take
+    seconds to answer, so a question stays pending across calls and the last answer is shown
+    meanwhile."""
     with _LOCK:
         merged = {stage: dict(jobs) for stage, jobs in _LOCAL.items()}
     try:
         import ray
 
-        board = _actor(run, create=False)
-        if board is not None:
-            for stage, jobs in ray.get(board.snapshot.remote(), timeout=timeout).items():
-                merged.setdefault(stage, {}).update(jobs)
-    except Exception:  # noqa: BLE001 - a slow board: show what this process knows
-        pass
+        ref = _ASKED.get(run)
+        if ref is None:
+            board = _actor(run, create=False)
+            if board is not None:
+                ref = _ASKED[run] = board.snapshot.remote()
+        if ref is not None:
+            ready, _ = ray.wait([ref], timeout=timeout)
+            if ready:
+                del _ASKED[run]
+                _SEEN[run] = ray.get(ref)
+    except Exception:  # noqa: BLE001 - a lost board: show what this process knows
+        _ASKED.pop(run, None)
+    for stage, jobs in _SEEN.get(run, {}).items():
+        merged.setdefault(stage, {}).update(jobs)
     return merged
 
 

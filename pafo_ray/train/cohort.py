@@ -148,6 +148,7 @@ class Cohort:
     """Stages side by side whose jobs share pooled trainers (see the module doc)."""
 
     def __init__(self, stages: list):
+        self.order = list(stages)     # the pipeline's order: the plan line names them so
         self.expected = set(stages)   # stages that may still hand jobs over
         self.pending: list = []       # entries handed over, not yet started
         self.done: dict = {}          # stage -> its results, or the exception that failed it
@@ -168,7 +169,9 @@ class Cohort:
             self.cond.notify_all()
             while stage not in self.done:
                 if not self.expected and not self.running and self.pending:
-                    batch, self.pending, self.running = self.pending, [], True
+                    rank = {s: i for i, s in enumerate(self.order)}
+                    batch = sorted(self.pending, key=lambda e: rank.get(e.stage, len(rank)))
+                    self.pending, self.running = [], True
                     break
                 self.cond.wait()
             else:
