@@ -29,7 +29,9 @@ def test_rank_plan_gives_each_job_its_own_ranks():
 
 
 def test_a_wave_holds_the_demand_of_all_its_jobs():
-    assert scaled(Demand(1.0, 1.0, 1.2), 3) == Demand(3.0, 3.0, pytest.approx(3.6))
+    # ...and its largest piece is still one job's (what must fit on one node).
+    assert scaled(Demand(1.0, 1.0, 1.2), 3) == Demand(3.0, 3.0, pytest.approx(3.6), 1.0)
+    assert scaled(Demand(2.0, 0.0, 1.2, piece_cpus=1.5), 4).largest_piece == 1.5
 
 
 def test_checkpoints_keep_the_last_two_complete_ones(tmp_path):
