@@ -323,3 +323,23 @@ def test_token_ids_mark_which_texts_were_cut(tiny_bert):
     assert batch["input_ids"].shape == (3, 8)
     assert batch["attention_mask"].sum(dim=1).tolist() == [4, 8, 4]
     assert (batch["input_ids"][0, 4:] == encoder.tokenizer.pad_token_id).all()
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_gpt2"])
+def test_pair_scorer_takes_chosen_and_rejected_of_different_widths(arch, request):
+    """Finetune mode pads each side to its own longest text; the pair's forward must still
+    give each side's own reward (it failed in torch.cat when the widths differed)."""
+    from pafo_ray.train.loop import PairScorer
+
+    torch.manual_seed(4)
+    cfg = ModelConfig(backbone=request.getfixturevalue(arch), mode="finetune", rank=4,
+                      max_length=48)
+    model = RewardModel.from_config(cfg, USERS).eval()
+    chosen = model.encoder.tokenize(PROMPTS[:3], ["a much longer answer " * 3] * 3)
+    rejected = model.encoder.tokenize(PROMPTS[:3], ["no", "bad", "short"])
+    assert chosen["input_ids"].shape[1] > rejected["input_ids"].shape[1]
+    users = model.user_index(USERS[:3])
+    with torch.no_grad():
+        margins = PairScorer(model)(users, chosen_tokens=chosen, rejected_tokens=rejected)
+        expected = model(users, **chosen) - model(users, **rejected)
+    torch.testing.assert_close(margins, expected, rtol=1e-5, atol=1e-5)

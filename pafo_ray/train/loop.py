@@ -36,13 +36,20 @@ class PairScorer(nn.Module):
         if chosen_phi is not None:
             rewards = self.model(users, phi=torch.cat([chosen_phi, rejected_phi]), user_only=both)
         else:
-            rewards = self.model(users, input_ids=torch.cat([chosen_tokens["input_ids"],
-                                                             rejected_tokens["input_ids"]]),
-                                 attention_mask=torch.cat([chosen_tokens["attention_mask"],
-                                                           rejected_tokens["attention_mask"]]),
+            rewards = self.model(users, input_ids=_stack(chosen_tokens["input_ids"],
+                                                         rejected_tokens["input_ids"]),
+                                 attention_mask=_stack(chosen_tokens["attention_mask"],
+                                                       rejected_tokens["attention_mask"]),
                                  user_only=both)
         half = user_index.shape[0]
         return rewards[:half] - rewards[half:]
+
+
+def _stack(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[a; b]`` of two token batches padded separately: the narrower one is right-padded
+    (id 0, mask 0: nothing attends to it) to the wider one's width."""
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in (a, b)])
 
 
 def margins_of(scorer: nn.Module, rows: Rows, cache: Optional[Cache], device=None) -> torch.Tensor:
