@@ -14,7 +14,12 @@ import os
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+# Real data beside the checkout (never copied into it): ../shared/data.
+DSP = REPO.parent / "shared" / "data" / "dsp" / "dsp_dev.json"
 
 FIGURES_ENV = "PAFO_BENCH_FIGURES"
 GIB = 1024 ** 3

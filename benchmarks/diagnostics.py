@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    from benchmarks.quality import DSP
+    from benchmarks.common import DSP
     from pafo_ray.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics")

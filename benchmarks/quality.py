@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DSP = REPO.parent / "shared" / "data" / "dsp" / "dsp_dev.json"
+from benchmarks.common import DSP, REPO  # noqa: F401 - DSP: others import it from here
+
 DEFAULT_OUT = "bench_out/quality"
 METHODS = ["vanilla", "reweight", "groupdro", "fairness_penalty", "faro_dp", "faro_eo",
            "pafo_default", "pafo"]

@@ -185,8 +185,8 @@ def test_a_start_up_timeout_inside_ray_trains_controller_error_is_recognised():
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
     from ray.train.v2.api.exceptions import ControllerError
 
-    from pafo_ray.train.ray_train import _is_startup_failure
+    from pafo_ray.train.runtime import is_startup_failure
 
-    assert _is_startup_failure(ControllerError(WorkerGroupStartupTimeoutError(1)))
-    assert not _is_startup_failure(ControllerError(ValueError("a bug in train_func")))
-    assert not _is_startup_failure(RuntimeError("boom"))
+    assert is_startup_failure(ControllerError(WorkerGroupStartupTimeoutError(1)))
+    assert not is_startup_failure(ControllerError(ValueError("a bug in train_func")))
+    assert not is_startup_failure(RuntimeError("boom"))

@@ -52,11 +52,11 @@ def fit_pooled(entries: list) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pafo_ray.train.ray_train import (
-        _fail_once,
-        _is_startup_failure,
-        _startup_message,
+    from pafo_ray.train.runtime import (
+        fail_once,
+        is_startup_failure,
         job_payload,
+        startup_message,
     )
 
     first = entries[0]
@@ -69,7 +69,7 @@ def fit_pooled(entries: list) -> dict:
         payload["stage"] = e.stage
         payload["dir"] = job_dir(e.layout.ray_storage(e.stage), e.job.name, e.run_hash)
         payload["max_failures"] = tc.max_failures
-        payload["fail_once"] = _fail_once(e.layout, e.stage, e.job, e.run_hash)
+        payload["fail_once"] = fail_once(e.layout, e.stage, e.job, e.run_hash)
         remove_file(join(payload["dir"], ERROR))
         payloads.append(payload)
         pipelines.append(e.job.config or e.cfg.to_dict())
@@ -89,9 +89,9 @@ def fit_pooled(entries: list) -> dict:
     try:
         trainer.fit()
     except Exception as exc:
-        if not _is_startup_failure(exc):
+        if not is_startup_failure(exc):
             raise RuntimeError(f"the pooled trainer of [{names}] failed: {exc}") from exc
-        raise RuntimeError(_startup_message(first.stage, f"[{names}] (one pooled trainer)",
+        raise RuntimeError(startup_message(first.stage, f"[{names}] (one pooled trainer)",
                                             tc)) from exc
     failed = [(e, read_text(join(p["dir"], ERROR))) for e, p in zip(entries, payloads)]
     failed = [(e, text) for e, text in failed if text]

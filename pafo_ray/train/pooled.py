@@ -182,7 +182,7 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
     from pafo_ray.train.build import build_model_and_rows
     from pafo_ray.train.frames import read_rows
     from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.ray_train import _maybe_fail, load_train_state
+    from pafo_ray.train.runtime import load_train_state, maybe_fail
     from pafo_ray.train.targets import distill_targets
 
     worker_started_at = time.time()
@@ -245,7 +245,7 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
             with open(os.path.join(tmp, "metrics.json"), "w") as fh:
                 json.dump(metrics, fh)
             save_checkpoint(job["dir"], done, tmp)
-        _maybe_fail(job.get("fail_once"), done)
+        maybe_fail(job.get("fail_once"), done)
 
     fit(scorer, train_rows, val_rows, objective, epochs=epochs, batch_size=cfg.train.batch_size,
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, group_names=names, cache=cache,

@@ -27,30 +27,23 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from pafo_ray.layout import RunLayout
-from pafo_ray.storage import split_uri
+from pafo_ray.train.runtime import (  # noqa: F401 - TrainJob, FAIL_ENV: re-exported
+    FAIL_ENV,
+    TrainJob,
+    fail_once,
+    is_startup_failure,
+    job_payload,
+    load_train_state,
+    maybe_fail,
+    startup_message,
+)
 
-FAIL_ENV = "PAFO_RAY_FAIL_AT_EPOCH"
 # Ray Train's local mode (num_workers=0) keeps the running fit in a module global: two fits
 # in threads of one process would read each other's datasets and checkpoints.
 _LOCAL_MODE_LOCK = threading.Lock()
-
-
-@dataclass
-class TrainJob:
-    name: str
-    objective: dict
-    train: list                      # parquet URIs of training rows
-    val: list                        # parquet URIs of validation rows
-    output: str                      # the final model's folder (a RunLayout path)
-    init_from: Optional[str] = None  # a saved model folder to start from
-    epochs: Optional[int] = None
-    targets: Optional[dict] = None   # distillation target settings (pafo)
-    config: Optional[dict] = None    # this job's pipeline config (None: the stage's)
-    info: dict = field(default_factory=dict)
 
 
 def train_func(config: dict) -> None:
@@ -129,7 +122,7 @@ def train_func(config: dict) -> None:
                 with open(os.path.join(tmp, "model", "margin_stats.json"), "w") as fh:
                     json.dump(stats, fh)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-                _maybe_fail(job.get("fail_once"), done)
+                maybe_fail(job.get("fail_once"), done)
             else:
                 ray.train.report(metrics)
 
@@ -139,22 +132,6 @@ def train_func(config: dict) -> None:
         optimizer_state=optimizer_state, on_epoch=on_epoch)
 
 
-def load_train_state(path: str) -> dict:
-    """A checkpoint's ``train_state.pt`` (epoch, optimizer and objective state): tensors and
-    plain containers only (``weights_only=True``). A checkpoint comes from storage that
-    others may write; a pickled object in it must not run code on the worker."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise RuntimeError(f"{path}: refused: it holds more than tensors and plain values, "
-                           "which only a crafted file does (loaded with weights_only=True). "
-                           "Delete that checkpoint to start the job afresh.") from None
-
-
 def _checkpoint_dir(root: Optional[str]):
     """Where a checkpoint is written before ``report``. A real worker uploads it during
     ``report``, so a temporary folder will do; local mode keeps only the path, so the
@@ -162,31 +139,6 @@ def _checkpoint_dir(root: Optional[str]):
     if root:
         return contextlib.nullcontext(tempfile.mkdtemp(dir=root))
     return tempfile.TemporaryDirectory()
-
-
-def _maybe_fail(fail_once: Optional[dict], epoch: int) -> None:
-    """The ``PAFO_RAY_FAIL_AT_EPOCH`` test hook: raise once after ``epoch``'s checkpoint."""
-    if not fail_once or fail_once["epoch"] != epoch:
-        return
-    from pyarrow import fs as pafs
-
-    fs, path = split_uri(fail_once["marker"])
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        return  # failed once already: this is the retry
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(str(epoch).encode())
-    raise RuntimeError(f"{FAIL_ENV}: injected worker failure after the checkpoint of epoch {epoch}")
-
-
-def _fail_once(layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -> Optional[dict]:
-    value = os.environ.get(FAIL_ENV, "").strip()
-    if not value:
-        return None
-    name, _, epoch = value.rpartition(":")
-    if name and name != job.name:
-        return None
-    return {"epoch": int(epoch), "marker": layout.fail_marker(stage, job.name, run_hash)}
 
 
 def _fit_one(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -> dict:
@@ -223,7 +175,7 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     payload = job_payload(job)
     payload["checkpoint_root"] = checkpoint_root
     payload["uris"] = {"train": job.train, "val": job.val} if local else None
-    payload["fail_once"] = _fail_once(layout, stage, job, run_hash)
+    payload["fail_once"] = fail_once(layout, stage, job, run_hash)
     payload["stage"] = stage
     trainer = TorchTrainer(train_func, train_loop_config={"pipeline": job.config or cfg.to_dict(),
                                                           "job": payload},
@@ -232,9 +184,9 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     try:
         result = trainer.fit()
     except Exception as exc:
-        if not _is_startup_failure(exc):
+        if not is_startup_failure(exc):
             raise
-        raise RuntimeError(_startup_message(stage, job.name, tc)) from exc
+        raise RuntimeError(startup_message(stage, job.name, tc)) from exc
     if result.checkpoint is None:
         raise RuntimeError(f"{stage}/{job.name}: training ended without a checkpoint "
                            f"({result.error})")
@@ -245,12 +197,6 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
             "metrics": {k: v for k, v in (result.metrics or {}).items()
                         if isinstance(v, (int, float, str))},
             "model": job.output}
-
-
-def job_payload(job: TrainJob) -> dict:
-    """What a worker needs of a job (its rows, output and config travel separately)."""
-    return {k: v for k, v in asdict(job).items()
-            if k not in ("train", "val", "output", "info", "config")}
 
 
 def _data_config(ingest_cpus: float):
@@ -264,42 +210,6 @@ def _data_config(ingest_cpus: float):
     options = DataConfig.default_ingest_options()
     options.resource_limits = options.resource_limits.copy(cpu=ingest_cpus)
     return DataConfig(datasets_to_split=["train"], execution_options=options)
-
-
-_STARTUP_ERRORS = ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError",
-                   "InsufficientClusterResourcesError")
-
-
-def _is_startup_failure(exc: BaseException) -> bool:
-    """Ray Train gave up starting the worker group (V2 raises ``ControllerError`` whose
-    ``controller_failure`` is the start-up error)."""
-    todo, seen = [exc], set()
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if type(err).__name__ in _STARTUP_ERRORS or "worker group startup timed out" in str(err):
-            return True
-        todo += [err.__cause__, err.__context__, getattr(err, "controller_failure", None)]
-    return False
-
-
-def _startup_message(stage: str, name: str, tc) -> str:
-    import ray
-
-    from pafo_ray.admission import capacity_from
-
-    total = capacity_from(ray.cluster_resources())
-    free = capacity_from(ray.available_resources())
-    timeout = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
-    asked = (f"{tc.num_workers} worker(s) × {tc.cpus_per_worker:g} CPU"
-             + (" + 1 GPU" if tc.use_gpu else ""))
-    return (f"{stage}/{name}: Ray Train could not start its workers ({asked}) in "
-            f"{tc.start_retries + 1} tries of {timeout} s (train.start_retries="
-            f"{tc.start_retries}, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S); the cluster has "
-            f"{total.describe()}, {free.cpus:g} CPUs and {free.gpus:g} GPUs free now. Something "
-            "else holds them, or no node can hold one worker: see `pafo-ray plan`.")
 
 
 def run_jobs(cfg, layout: RunLayout, stage: str, jobs: list, run_hash: str) -> dict:
