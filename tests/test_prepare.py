@@ -199,9 +199,13 @@ def test_an_empty_input_is_a_clear_error(ray_session, tmp_path, level):
 def _objects_in_store() -> int:
     import re
 
+    import ray
     from ray._private.internal_api import memory_summary
 
-    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", memory_summary(stats_only=True)).group(1))
+    # This session's Ray by address: with none, memory_summary refuses when other Rays run on
+    # the machine ("Found multiple active Ray instances").
+    summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
 
 
 def test_prepare_leaves_none_of_its_votes_in_the_object_store(ray_session, tmp_path):
