@@ -172,7 +172,6 @@ def _job_groups(plan: list) -> list:
 
 def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info: dict) -> None:
     import ray.train
-    import torch
 
     from pafo_ray import progress
     from pafo_ray.config import config_from_dict
@@ -182,7 +181,12 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
     from pafo_ray.train.build import build_model_and_rows
     from pafo_ray.train.frames import read_rows
     from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.runtime import load_train_state, maybe_fail
+    from pafo_ray.train.runtime import (
+        epoch_record,
+        load_train_state,
+        maybe_fail,
+        write_checkpoint_files,
+    )
     from pafo_ray.train.targets import distill_targets
 
     worker_started_at = time.time()
@@ -224,8 +228,7 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
         done = epoch + 1
-        history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_seconds", "steps",
-                                                "val_accuracy") if k in metrics})
+        history.append(epoch_record(metrics))
         if sub_rank == 0:  # the status line: where this job is (never waits, never raises)
             progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
         if (done % cfg.train.checkpoint_every and done != epochs) or sub_rank != 0:
@@ -235,13 +238,7 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
                    "reported_at": time.time()}
         history.clear()
         with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(os.path.join(tmp, "model"))
-            torch.save({"epoch": done, "optimizer": optimizer.state_dict(),
-                        "objective": objective.state_dict()}, os.path.join(tmp, "train_state.pt"))
-            stats = {"val_margin_mean": metrics["val_margin_mean"],
-                     "val_margin_std": metrics["val_margin_std"], "epoch": done}
-            with open(os.path.join(tmp, "model", "margin_stats.json"), "w") as fh:
-                json.dump(stats, fh)
+            write_checkpoint_files(tmp, model, optimizer, objective, metrics, done)
             with open(os.path.join(tmp, "metrics.json"), "w") as fh:
                 json.dump(metrics, fh)
             save_checkpoint(job["dir"], done, tmp)

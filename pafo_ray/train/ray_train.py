@@ -33,12 +33,14 @@ from pafo_ray.layout import RunLayout
 from pafo_ray.train.runtime import (  # noqa: F401 - TrainJob, FAIL_ENV: re-exported
     FAIL_ENV,
     TrainJob,
+    epoch_record,
     fail_once,
     is_startup_failure,
     job_payload,
     load_train_state,
     maybe_fail,
     startup_message,
+    write_checkpoint_files,
 )
 
 # Ray Train's local mode (num_workers=0) keeps the running fit in a module global: two fits
@@ -49,7 +51,6 @@ _LOCAL_MODE_LOCK = threading.Lock()
 def train_func(config: dict) -> None:
     """One Ray Train worker: read the shard, train, report metrics and checkpoints."""
     import ray.train
-    import torch
     from ray.train import Checkpoint
 
     from pafo_ray import progress
@@ -99,8 +100,7 @@ def train_func(config: dict) -> None:
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
         done = epoch + 1
-        history.append({k: metrics[k] for k in ("epoch", "train_loss", "train_seconds", "steps",
-                                                "val_accuracy") if k in metrics})
+        history.append(epoch_record(metrics))
         if rank == 0:  # the status line: where this job is (never waits, never raises)
             progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
         if done % cfg.train.checkpoint_every and done != epochs:
@@ -114,13 +114,7 @@ def train_func(config: dict) -> None:
         history.clear()
         with _checkpoint_dir(job.get("checkpoint_root")) as tmp:
             if rank == 0:
-                model.save_pretrained(os.path.join(tmp, "model"))
-                torch.save({"epoch": done, "optimizer": optimizer.state_dict(),
-                            "objective": objective.state_dict()}, os.path.join(tmp, "train_state.pt"))
-                stats = {"val_margin_mean": metrics["val_margin_mean"],
-                         "val_margin_std": metrics["val_margin_std"], "epoch": done}
-                with open(os.path.join(tmp, "model", "margin_stats.json"), "w") as fh:
-                    json.dump(stats, fh)
+                write_checkpoint_files(tmp, model, optimizer, objective, metrics, done)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
                 maybe_fail(job.get("fail_once"), done)
             else:

@@ -117,3 +117,28 @@ def startup_message(stage: str, name: str, tc) -> str:
             f"{tc.start_retries}, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S); the cluster has "
             f"{total.describe()}, {free.cpus:g} CPUs and {free.gpus:g} GPUs free now. Something "
             "else holds them, or no node can hold one worker: see `pafo-ray plan`.")
+
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_seconds", "steps", "val_accuracy")
+
+
+def epoch_record(metrics: dict) -> dict:
+    """What ``epoch_history`` keeps of one epoch's metrics."""
+    return {k: metrics[k] for k in EPOCH_KEYS if k in metrics}
+
+
+def write_checkpoint_files(folder: str, model, optimizer, objective, metrics: dict,
+                           done: int) -> None:
+    """A checkpoint's files in ``folder``: ``model/`` (with its margin stats) and
+    ``train_state.pt`` (epoch, optimizer and objective state)."""
+    import json
+
+    import torch
+
+    model.save_pretrained(os.path.join(folder, "model"))
+    torch.save({"epoch": done, "optimizer": optimizer.state_dict(),
+                "objective": objective.state_dict()}, os.path.join(folder, "train_state.pt"))
+    stats = {"val_margin_mean": metrics["val_margin_mean"],
+             "val_margin_std": metrics["val_margin_std"], "epoch": done}
+    with open(os.path.join(folder, "model", "margin_stats.json"), "w") as fh:
+        json.dump(stats, fh)
