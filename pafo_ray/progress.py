@@ -61,6 +61,7 @@ def start(run: str, stage: str) -> None:
     with _LOCK:
         _LOCAL.pop(stage, None)
         _SEEN.get(run, {}).pop(stage, None)
+        _ASKED.pop(run, None)  # a question asked before the clear would bring old epochs back
     try:
         board = _actor(run, create=True)  # get_if_exists: this Ray's board, even after a restart
         if board is not None:
