@@ -8,7 +8,8 @@ With Ray running, the board is one named actor per run (0 CPUs, in its own names
 job's workers find it by name wherever they run; owned by the driver, so it ends with it);
 without Ray it is a dict in this process.
 Reporting never raises and never waits: a trainer must not fail or slow down because the
-status line could not be updated.
+status line could not be updated. Only a stage's start waits (at most ``READY_WAIT_S``, once
+per run in practice) for a new board to come up, so the first epochs are not lost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _LOCK = threading.Lock()
 _OWNED: dict = {}  # run -> the driver's handle: a named actor without one is collected
 _ASKED: dict = {}  # run -> the board's pending answer (an ObjectRef)
 _SEEN: dict = {}   # run -> its last answer
+READY_WAIT_S = 15.0  # how long a stage's start waits for a new board to come up
 
 
 class _Board:
@@ -66,7 +68,12 @@ def start(run: str, stage: str) -> None:
         board = _actor(run, create=True)  # get_if_exists: this Ray's board, even after a restart
         if board is not None:
             _OWNED[run] = board
-            board.clear.remote(stage)
+            # Wait for the board to be up before the trainers start: a report sent to an
+            # actor still starting is queued in the sending worker, and is lost when Ray
+            # retires that worker as idle first (seen on a 2-CPU CI machine).
+            import ray
+
+            ray.wait([board.clear.remote(stage)], timeout=READY_WAIT_S)
     except Exception:  # noqa: BLE001 - the status line is best effort
         pass
 

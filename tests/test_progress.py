@@ -37,14 +37,17 @@ def test_epochs_reported_by_a_ray_worker_reach_the_driver(ray_session):
         return done
 
     assert ray.get(trainer.remote(2)) == 2
-    deadline = time.time() + 30
+    # Generous: on a busy 2-CPU CI machine a new worker process (the board) can take tens
+    # of seconds to start. The check is that the report arrives, not how fast.
+    deadline = time.time() + 90
     seen = {}
     while time.time() < deadline:  # the worker's report is not awaited: poll for it
         seen = progress.snapshot("r-ray", timeout=5).get("baselines", {})
         if seen:
             break
         time.sleep(0.2)
-    assert seen == {"reweight": (2, 7)}
+    pending = "r-ray" in progress._ASKED  # the board never answered, or answered without it
+    assert seen == {"reweight": (2, 7)}, f"board question still pending: {pending}"
     # Another run's board is another actor: it does not see this run's trainers.
     assert "baselines" not in progress.snapshot("r-other", timeout=5)
 
