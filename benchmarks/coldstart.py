@@ -3,7 +3,8 @@
     python -m benchmarks coldstart            (or python -m benchmarks.coldstart [--smoke])
     python -m benchmarks.coldstart --dataset builtin-80 --holdout 0.25 --seed 0
 
-The quality suite's builtin-80 regime (500 users, 20% minority-type, 2 raters per training
+The quality suite's builtin-80 regime (or ``--dataset dsp``: DSP-dev's queries with simulated
+users, as the quality suite's dsp) (500 users, 20% minority-type, 2 raters per training
 comparison, frozen MiniLM) is generated, a share of the users of each true type is held out,
 and the pipeline (input..distill, pafo's default weights, no tune, no baselines) trains on the
 rest. Each held-out user then answers k of its own training comparisons (k = 0, 1, 2, 5, 10;
@@ -52,12 +53,34 @@ def _config(args, data_dir: str):
         values["model.backbone"] = args.backbone
     if args.smoke:
         values.update({**SMOKE, "train.checkpoint_every": 3})
+        if args.dataset == "dsp":  # the generator's sizes above do not apply to DSP
+            values.update({"data.sim_num_users": 60, "data.sim_max_prompts": 40})
     values.update(dict(o.split("=", 1) for o in args.overrides))
     cfg = load_config(None, as_overrides(values))
-    generator = cfg.data.generator
+    source = cfg.data
     cfg = load_config(None, as_overrides({**values, "data.source": "parquet",
                                           "data.path": data_dir}))
-    return cfg, generator
+    return cfg, source
+
+
+def _write_all(source, seed: int, out_dir: Path) -> None:
+    """Every user's rows (with the simulator's ``user_type``): generated, or DSP simulated."""
+    if source.source == "builtin":
+        from pafo_ray.data.generate import write_generated
+
+        write_generated(source.generator, str(out_dir))
+        return
+    import pyarrow.parquet as pq
+
+    from pafo_ray.data.convert import dsp_to_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = dsp_to_table(source.path, num_users=source.sim_num_users,
+                         minority_fraction=source.sim_minority_fraction,
+                         raters_train=source.sim_raters_train, raters_eval=source.sim_raters_eval,
+                         label_beta=source.sim_label_beta, max_prompts=source.sim_max_prompts,
+                         seed=seed)
+    pq.write_table(table, str(out_dir / "part-00000.parquet"))
 
 
 def _split_users(frame, holdout: float, seed: int) -> set:
@@ -147,7 +170,6 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
 def run(args) -> dict:
     import pandas as pd
 
-    from pafo_ray.data.generate import write_generated
     from pafo_ray.data.schema import group_names
     from pafo_ray.models import RewardModel
     from pafo_ray.stages.base import ORDER, StageContext, is_active, is_done, run_pipeline
@@ -155,8 +177,8 @@ def run(args) -> dict:
 
     out = Path(args.out)
     data_all, data_train = out / "data" / "all", out / "data" / "train"
-    cfg, generator = _config(args, str(data_train))
-    write_generated(generator, str(data_all))
+    cfg, source = _config(args, str(data_train))
+    _write_all(source, args.seed, data_all)
     frame = pd.read_parquet(data_all)
     frame["user_id"] = frame["user_id"].astype(str)
     held = _split_users(frame, args.holdout, args.seed)
@@ -265,7 +287,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.coldstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="builtin-80",
-                        choices=[d for d in DATASETS if d.startswith("builtin")])
+                        choices=[d for d in DATASETS if d.startswith("builtin") or d == "dsp"])
     parser.add_argument("--holdout", type=float, default=0.25, help="share of each type held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
