@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pafo_ray.grouping import ridge_newton
+
 PLACES = ("group", "population", "mean")
 # The pull of a new user's offset towards its start. Chosen on builtin-80 seed 0 (grid 0.1, 1,
 # 3, 10, 30: minority-type accuracy after 5 answers rose to 3 and stayed flat above it);
@@ -168,31 +170,8 @@ def newton_offset(x: torch.Tensor, weight: torch.Tensor, shrinkage: float,
     if shrinkage <= 0:
         raise ValueError(f"shrinkage must be > 0, got {shrinkage}")
     x = x.detach().double()
-    w = weight.detach().double()
-    delta = torch.zeros_like(w)
-    eye = torch.eye(w.shape[0], dtype=torch.float64)
-
-    def objective(d):
-        return -F.logsigmoid(x @ (w + d)).sum() + shrinkage * d.dot(d)
-
-    value = objective(delta)
-    for _ in range(steps):
-        p = torch.sigmoid(x @ (w + delta))
-        grad = -((1 - p)[:, None] * x).sum(0) + 2 * shrinkage * delta
-        if float(grad.abs().max()) < 1e-9:
-            break
-        step = torch.linalg.solve((x.T * (p * (1 - p))) @ x + 2 * shrinkage * eye, grad)
-        scale = 1.0
-        while scale > 1e-6:
-            candidate = delta - scale * step
-            new_value = objective(candidate)
-            if new_value <= value:
-                delta, value = candidate, new_value
-                break
-            scale /= 2
-        else:
-            break
-    return delta
+    return ridge_newton(x, torch.ones(x.shape[0], dtype=torch.float64), weight.detach(),
+                        torch.zeros(x.shape[1], dtype=torch.float64), shrinkage, steps, tol=1e-9)
 
 
 def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",

@@ -52,31 +52,41 @@ def fit_population(x: torch.Tensor, l2: float, init: torch.Tensor | None = None,
          else weight.to(torch.float64))
     if x.shape[0] == 0 or float(w.sum()) <= 0:
         return torch.zeros(k, dtype=torch.float64)
-    w = w / w.sum()
+    return ridge_newton(x, w / w.sum(), torch.zeros(k, dtype=torch.float64), g, l2, steps,
+                        tol=1e-10)
 
-    def objective(v):
-        return -(w * F.logsigmoid(x @ v)).sum() + l2 * v.dot(v)
 
-    value = objective(g)
-    eye = torch.eye(k, dtype=torch.float64)
+def ridge_newton(x: torch.Tensor, w: torch.Tensor, base: torch.Tensor, start: torch.Tensor,
+                 l2: float, steps: int, tol: float) -> torch.Tensor:
+    """``v`` minimising ``Σ_i w_i (−log σ((base + v) · x_i)) + l2 · ||v||²`` (float64), by
+    Newton's method from ``start`` with step halving so the objective never rises; stops when
+    every gradient entry is below ``tol``, after ``steps``, or when no halving helps. Shared by
+    the groups' populations and a new user's offset (:mod:`pafo_ray.coldstart`)."""
+    x, w, base = x.to(torch.float64), w.to(torch.float64), base.to(torch.float64)
+    v = start.to(torch.float64).clone()
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+
+    def objective(d):
+        return -(w * F.logsigmoid(x @ (base + d))).sum() + l2 * d.dot(d)
+
+    value = objective(v)
     for _ in range(steps):
-        p = torch.sigmoid(x @ g)
-        grad = -((w * (1 - p))[:, None] * x).sum(0) + 2 * l2 * g
-        if float(grad.abs().max()) < 1e-10:
+        p = torch.sigmoid(x @ (base + v))
+        grad = -((w * (1 - p))[:, None] * x).sum(0) + 2 * l2 * v
+        if float(grad.abs().max()) < tol:
             break
-        hess = (x.T * (w * p * (1 - p))) @ x + 2 * l2 * eye
-        step = torch.linalg.solve(hess, grad)
+        step = torch.linalg.solve((x.T * (w * p * (1 - p))) @ x + 2 * l2 * eye, grad)
         scale = 1.0
         while scale > 1e-6:
-            candidate = g - scale * step
+            candidate = v - scale * step
             new_value = objective(candidate)
             if new_value <= value:
-                g, value = candidate, new_value
+                v, value = candidate, new_value
                 break
             scale /= 2
         else:
             break
-    return g
+    return v
 
 
 @dataclass
