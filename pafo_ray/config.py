@@ -224,6 +224,12 @@ class EmbedConfig:
                                    "stays free for the reads. None: as many as the cluster "
                                    "holds (Ray Data starts them as blocks queue up).")
     num_gpus_per_actor: float = _f(0.0, "GPUs per embedding actor (0: CPU).")
+    inline_texts: int = _f(
+        10_000, "Embed in the driver, without a Ray Data actor pool, when the cluster is one "
+        "node, embedding runs on CPU and the kept rows hold at most this many texts (2 a row, "
+        "before repeats are dropped): a pool's start-up (a new process importing torch, the "
+        "model load, Ray Data's start) costs ~12 s, more than a small run's texts take. The "
+        "same code and vectors as the pool's. 0: always the actor pool.")
     cpus_per_actor: Optional[float] = _f(
         None, "CPUs per embedding actor; its torch threads = these CPUs, at most the cores of "
         "its machine. None: with a GPU 1; on CPU the largest node's CPUs less one for the "

@@ -96,6 +96,7 @@ RULES: dict[str, Rule] = {
     "evaluate.bootstrap": NON_NEGATIVE,
     "evaluate.support_buckets": AT_LEAST_1,
     "evaluate.inline_rows": NON_NEGATIVE,
+    "embed.inline_texts": NON_NEGATIVE,
 }
 
 # Lists whose every item follows a rule, and must be ascending when ``ascending``.

@@ -165,3 +165,38 @@ def test_evaluate_scores_the_same_in_the_driver_as_in_ray_data(pipeline):
     for m in models:
         np.testing.assert_allclose(here[f"margin_{m}"], there[f"margin_{m}"], rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_embed_writes_the_same_cache_in_the_driver_as_in_ray_data(pipeline, tmp_path):
+    """A small run embeds in the driver (embed.inline_texts); the actor pool
+    (inline_texts=0) gives the same text ids with the same vectors and truncation flags."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from pafo_ray.stages import embed
+
+    ctx = pipeline["ctx"]
+    summary = ctx.run_dir.read_json("embed", "summary.json")
+    assert summary["where"] == "driver" and summary["actors"] == 0  # the small run's default
+    assert "in the driver" in embed.describe(summary)
+    here_uri, there_uri = str(tmp_path / "here"), str(tmp_path / "there")
+    count, truncated, dim = embed.embed_here(ctx, here_uri)
+    assert (count, truncated, dim) == (summary["texts"], summary["truncated_texts"],
+                                       summary["dim"])
+    cfg = dataclasses.replace(ctx.cfg, embed=dataclasses.replace(ctx.cfg.embed, inline_texts=0))
+    assert not embed.embeds_inline(cfg, ctx.run_dir.prepare_summary(), 1)
+    assert embed.embeds_inline(ctx.cfg, ctx.run_dir.prepare_summary(), 1)
+    assert not embed.embeds_inline(ctx.cfg, ctx.run_dir.prepare_summary(), 2)  # a cluster
+    embed._embed_with_pool(dataclasses.replace(ctx, cfg=cfg), {"actors": 1, "cpus": 1.0},
+                           there_uri)
+
+    def table(uri):
+        t = pads.dataset(uri, format="parquet").to_table().sort_by("text_id")
+        return (t.column("text_id").to_numpy(), t.column("truncated").to_numpy(),
+                np.stack(t.column("embedding").to_numpy(zero_copy_only=False)))
+
+    (ids_h, cut_h, vec_h), (ids_t, cut_t, vec_t) = table(here_uri), table(there_uri)
+    assert len(ids_h) == count and (ids_h == ids_t).all() and (cut_h == cut_t).all()
+    np.testing.assert_allclose(vec_h, vec_t, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,8 @@ def test_embed_finishes_when_its_pool_leaves_one_cpu(ray_session, tmp_path):
 
     cpus = ray_session.cluster_resources()["CPU"]
     overrides = small_overrides(tmp_path, **{"embed.cpus_per_actor": cpus - 1,
-                                             "embed.num_actors": 1})
+                                             "embed.num_actors": 1,
+                                             "embed.inline_texts": 0})  # the pool, always
     ctx = StageContext.create(load_config(None, overrides))
     outcome: dict = {}
 
@@ -45,3 +46,4 @@ def test_embed_finishes_when_its_pool_leaves_one_cpu(ray_session, tmp_path):
     assert "error" not in outcome, outcome.get("error")
     summary = ctx.run_dir.read_json("embed", "summary.json")
     assert summary["texts"] > 0 and summary["actors"] == 1
+    assert summary["where"] == "actor pool"

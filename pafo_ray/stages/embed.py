@@ -16,6 +16,7 @@ import pyarrow as pa
 from pafo_ray.stages.base import StageContext
 
 NAME = "embed"
+TEXT_COLUMNS = ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"]
 SECTIONS = ("model",)
 # Only what changes the vectors: heads and regularisation reuse the same cache.
 EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template", "pooling_layers",
@@ -127,16 +128,50 @@ def run(ctx: StageContext) -> dict:
     import ray.data
 
     from pafo_ray.models.backbone import resolve_backbone
-    from pafo_ray.ray_session import data_parallelism
     from pafo_ray.sizing import cluster_capacity
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     resolve_backbone(cfg.model.backbone)  # fail fast, on the driver, with the clear message
     e = cfg.embed
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
-    pool = embed_pool(cfg, cluster_capacity(cfg.run.ray))
-    ds = ray.data.read_parquet(run_dir.prepared_rows()).select_columns(
-        ["prompt", "chosen", "rejected", "chosen_text_id", "rejected_text_id", "split"])
+    capacity = cluster_capacity(cfg.run.ray)
+    pool = embed_pool(cfg, capacity)
+    adapt = e.adapt != "none"
+    # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
+    cache_uri = run_dir.embed_frozen_cache() if adapt else run_dir.embed_cache()
+    inline = embeds_inline(cfg, run_dir.prepare_summary(), len(capacity_nodes()))
+    began = time.time()
+    if inline:
+        texts_count, truncated, dim = embed_here(ctx, cache_uri)
+        pool = {"actors": 0, "cpus": 0}
+    else:
+        _embed_with_pool(ctx, pool, cache_uri)
+        stats = ray.data.read_parquet(cache_uri).select_columns(["text_id", "truncated"])
+        texts_count = stats.count()
+        truncated = int(stats.sum("truncated") or 0) if texts_count else 0
+        first = ray.data.read_parquet(cache_uri).select_columns(["embedding"]).take(1)
+        dim = int(len(first[0]["embedding"])) if first else 0
+    encode_seconds = round(time.time() - began, 2)
+    adapted = adapt_cache(ctx, cache_uri, run_dir.embed_cache()) if adapt else None
+    summary = {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
+               "backbone": cfg.model.backbone, "actors": pool["actors"],
+               "cpus_per_actor": pool["cpus"], "max_length": cfg.model.max_length,
+               "pooling_layers": list(cfg.model.pooling_layers),
+               "layer_combine": cfg.model.layer_combine, "encode_seconds": encode_seconds,
+               "where": "driver" if inline else "actor pool"}
+    if adapted is not None:
+        summary["adapt"] = adapted
+        summary["dim"] = adapted["dim"]
+    return summary
+
+
+def _embed_with_pool(ctx: StageContext, pool: dict, cache_uri: str) -> None:
+    import ray.data
+
+    from pafo_ray.ray_session import data_parallelism
+
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    ds = ray.data.read_parquet(run_dir.prepared_rows()).select_columns(TEXT_COLUMNS)
     texts = (ds.map_batches(texts_of, batch_format="pyarrow", batch_size=None)
              .repartition(max(1, min(data_parallelism(), 8)), keys=["text_id"])
              .map_batches(_distinct, batch_format="pyarrow", batch_size=None)
@@ -149,28 +184,58 @@ def run(ctx: StageContext) -> dict:
              # aggregators. On a 2-CPU cluster pool + aggregators left 0.5 CPU and the shuffle
              # waited forever (cluster/local.yaml on `ray start --head --num-cpus 2`).
              .materialize())
-    embedded = embed_texts(texts, cfg, pool)
-    began = time.time()
-    adapt = e.adapt != "none"
-    # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
-    cache_uri = run_dir.embed_frozen_cache() if adapt else run_dir.embed_cache()
-    embedded.write_parquet(cache_uri)
-    encode_seconds = round(time.time() - began, 2)
-    adapted = adapt_cache(ctx, cache_uri, run_dir.embed_cache()) if adapt else None
-    stats = ray.data.read_parquet(cache_uri).select_columns(["text_id", "truncated"])
-    texts_count = stats.count()
-    truncated = int(stats.sum("truncated") or 0) if texts_count else 0
-    first = ray.data.read_parquet(cache_uri).select_columns(["embedding"]).take(1)
-    dim = int(len(first[0]["embedding"])) if first else 0
-    summary = {"texts": int(texts_count), "dim": dim, "truncated_texts": truncated,
-               "backbone": cfg.model.backbone, "actors": pool["actors"],
-               "cpus_per_actor": pool["cpus"], "max_length": cfg.model.max_length,
-               "pooling_layers": list(cfg.model.pooling_layers),
-               "layer_combine": cfg.model.layer_combine, "encode_seconds": encode_seconds}
-    if adapted is not None:
-        summary["adapt"] = adapted
-        summary["dim"] = adapted["dim"]
-    return summary
+    embed_texts(texts, cfg, pool).write_parquet(cache_uri)
+
+
+def capacity_nodes() -> list:
+    """The alive nodes of the connected Ray cluster."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def embeds_inline(cfg, prepared, nodes: int) -> bool:
+    """Embed in the driver: a one-node cluster, on CPU, and at most ``embed.inline_texts``
+    texts (two per kept row, counted before repeats are dropped, from prepare's summary)."""
+    e = cfg.embed
+    if nodes != 1 or e.num_gpus_per_actor > 0 or e.inline_texts <= 0:
+        return False
+    rows = sum(int(n) for split in prepared.rows_by_group.values() for n in split.values())
+    return 2 * rows <= e.inline_texts
+
+
+def embed_here(ctx: StageContext, cache_uri: str) -> tuple:
+    """The actor's work in this process (the same :class:`Embedder`, so the same vectors),
+    all cores, one parquet file: ``(texts, truncated texts, dim)``."""
+    import os
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from pafo_ray.storage import split_uri
+    from pafo_ray.train.inmemory import read_frame
+
+    cfg = ctx.cfg
+    frame = read_frame(ctx.run_dir.prepared_rows(), TEXT_COLUMNS)
+    texts = texts_of(pa.Table.from_pandas(frame, preserve_index=False))
+    threads = torch.get_num_threads()
+    try:  # the Embedder sets this process's torch threads: put them back after
+        m = cfg.model
+        embedder = Embedder(backbone=m.backbone, pooling=m.pooling, max_length=m.max_length,
+                            template=m.template, device="cpu",
+                            pooling_layers=tuple(m.pooling_layers),
+                            layer_combine=m.layer_combine, cpus=float(os.cpu_count() or 1),
+                            batch_size=cfg.embed.batch_size)
+        size = block_rows(cfg)
+        parts = [embedder(texts.slice(i, size)) for i in range(0, texts.num_rows, size)]
+    finally:
+        torch.set_num_threads(threads)
+    table = pa.concat_tables(parts) if parts else embedder(texts)
+    fs, path = split_uri(cache_uri)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=fs)
+    truncated = int(pa.compute.sum(table.column("truncated")).as_py() or 0)
+    return table.num_rows, truncated, embedder.encoder.hidden_size
 
 
 def adapt_cache(ctx: StageContext, frozen_uri: str, out_uri: str) -> dict:
@@ -213,7 +278,8 @@ def describe(summary: dict) -> str:
     extra = (f"; adapted to {adapt['dim']}-d on {adapt['train_rows']:,} training rows in "
              f"{adapt['seconds']:.0f} s (held-out BT accuracy {adapt['holdout_accuracy']:.3f} vs "
              f"{adapt['frozen_holdout_accuracy']:.3f} frozen)" if adapt else "")
+    where = ("in the driver" if summary.get("where") == "driver" else
+             f"{summary['actors']} actor(s) of {summary.get('cpus_per_actor', 1):g} CPU")
     return (f"{summary['texts']:,} distinct texts embedded ({summary['dim']}-d, "
             f"{summary['backbone']}, {summary['truncated_texts']:,} cut at "
-            f"{summary['max_length']} tokens, {summary['actors']} actor(s) of "
-            f"{summary.get('cpus_per_actor', 1):g} CPU){extra}")
+            f"{summary['max_length']} tokens, {where}){extra}")
