@@ -194,6 +194,11 @@ class ModelConfig:
     population_term: bool = _f(True, "lowrank: r = (g + e_u)·Wφ with a shared g (False: e_u·Wφ).")
     user_shrinkage: float = _f(1e-3, "L2 pull of user embeddings towards 0 (the population).")
     mlp_hidden: int = _f(64, "Hidden size of the mlp head.")
+    base_hidden: int = _f(
+        0, "lowrank, frozen mode: width of one GELU layer fitted with each model between φ and "
+        "the K base rewards, b = W·gelu(A·(φ − μ)/σ + a), φ standardized per feature with the "
+        "embedding cache's mean and std (saved with the model). 0: linear, b = W·φ. DSP-dev: "
+        "32 lifted minority-type accuracy in an in-process check (BENCHMARKS.md, quality).")
     dropout: float = _f(0.0, "Dropout on φ.")
     max_length: int = _f(128, "Tokens per (prompt, response); longer texts are cut and counted.")
     template: str = _f("{prompt}\n\n{response}", "How prompt and response become one text.")
@@ -213,6 +218,11 @@ class ModelConfig:
             raise ConfigError(f"model.pooling_layers: {self.pooling_layers} repeats a layer")
         if self.max_length < 1:
             raise ConfigError(f"model.max_length: expected >= 1, got {self.max_length}")
+        if self.base_hidden < 0:
+            raise ConfigError(f"model.base_hidden: expected >= 0, got {self.base_hidden}")
+        if self.base_hidden and (self.head != "lowrank" or self.mode != "frozen"):
+            raise ConfigError(f"model.base_hidden={self.base_hidden} needs model.head=lowrank and "
+                              f"model.mode=frozen (got head={self.head}, mode={self.mode})")
 
 
 @dataclass

@@ -195,3 +195,74 @@ def test_bad_faro_settings_are_config_errors_naming_the_key(override, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_base_hidden_puts_a_standardized_gelu_layer_under_the_base_rewards(tmp_path):
+    """model.base_hidden: b = W·gelu(A·(φ − μ)/σ + a) with μ, σ from the cache (by hand),
+    saved with the model; 0 keeps the linear base."""
+    from pafo_ray.train.arrays import Cache
+    from pafo_ray.train.build import build_model
+
+    torch.manual_seed(0)
+    vectors = torch.randn(50, 16) * 3 + 5
+    cache = Cache(torch.arange(50).numpy(), vectors)
+    cfg = load_config(None, ["model.base_hidden=4"])
+    model = build_model(cfg.model, ["a", "b"], cache)
+    linear = build_model(load_config(None, []).model, ["a", "b"], cache)
+    assert isinstance(linear.head.base, torch.nn.Linear)
+    adapter, out = model.head.base
+    assert out.weight.shape == (cfg.model.rank, 4) and adapter.layer.weight.shape == (4, 16)
+    assert torch.allclose(adapter.mean, vectors.mean(0)) and torch.allclose(adapter.std, vectors.std(0))
+    phi = vectors[:3]
+    by_hand = torch.nn.functional.gelu(
+        ((phi - vectors.mean(0)) / vectors.std(0)) @ adapter.layer.weight.T + adapter.layer.bias
+    ) @ out.weight.T
+    assert torch.allclose(model.head.base(phi), by_hand, atol=1e-5)
+    users = torch.tensor([0, 1, 0])
+    expected = ((model.head.population + model.head.user_embedding(users)) * by_hand).sum(-1)
+    assert torch.allclose(model.head(phi, users), expected, atol=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    loaded = RewardModel.from_pretrained(tmp_path / "m")
+    assert loaded.model_cfg.base_hidden == 4
+    assert torch.allclose(loaded.head(phi, users), model.head(phi, users), atol=1e-6)
+
+
+def test_base_hidden_fits_a_preference_no_linear_base_can():
+    """Users who prefer texts far from the centre, on one feature: |φ| is not linear in φ, so
+    the linear base stays near chance while the GELU layer learns it."""
+    from pafo_ray.train.arrays import Cache
+    from pafo_ray.train.build import build_model
+
+    torch.manual_seed(0)
+    n = 600
+    vectors = torch.randn(2 * n, 8)
+    chosen, rejected = vectors[:n], vectors[n:]
+    flip = chosen[:, 0].abs() < rejected[:, 0].abs()  # the chosen text is the farther one
+    chosen, rejected = torch.where(flip[:, None], rejected, chosen), torch.where(flip[:, None], chosen, rejected)
+    cache = Cache(torch.arange(2 * n).numpy(), vectors)
+    users = torch.zeros(n, dtype=torch.long)
+
+    def train_accuracy(overrides):
+        model = build_model(load_config(None, overrides).model, ["u"], cache)
+        opt = torch.optim.Adam(model.head.parameters(), lr=0.03)
+        for _ in range(300):
+            opt.zero_grad()
+            margin = model.head(chosen, users) - model.head(rejected, users)
+            torch.nn.functional.softplus(-margin).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            return float(((model.head(chosen, users) - model.head(rejected, users)) > 0).float().mean())
+
+    linear, hidden = train_accuracy([]), train_accuracy(["model.base_hidden=16"])
+    assert linear < 0.65 and hidden > 0.85, (linear, hidden)
+
+
+@pytest.mark.parametrize("override,message", [
+    (["model.base_hidden=-1"], "model.base_hidden: expected >= 0"),
+    (["model.base_hidden=8", "model.head=mlp"], "model.base_hidden=8 needs model.head=lowrank"),
+    (["model.base_hidden=8", "model.mode=finetune"], "model.base_hidden=8 needs model.head=lowrank")])
+def test_bad_base_hidden_is_a_config_error_naming_the_key(override, message):
+    from pafo_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, override)

@@ -12,7 +12,6 @@ validation or test split).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,22 +19,7 @@ import torch
 from torch import nn
 
 from pafo_ray.losses import bradley_terry_loss
-from pafo_ray.models.heads import RewardHead
-
-
-class FeatureAdapter(nn.Module):
-    """``phi [N, D]`` -> ``h [N, dim]``: standardize with the fitted mean/std, one GELU layer."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.float().clone())
-        self.register_buffer("std", std.float().clamp(min=1e-6).clone())
-        self.layer = nn.Linear(mean.shape[-1], dim)
-        nn.init.normal_(self.layer.weight, std=1.0 / math.sqrt(mean.shape[-1]))
-        nn.init.zeros_(self.layer.bias)
-
-    def forward(self, phi: torch.Tensor) -> torch.Tensor:
-        return nn.functional.gelu(self.layer((phi - self.mean) / self.std))
+from pafo_ray.models.heads import FeatureAdapter, RewardHead
 
 
 @dataclass

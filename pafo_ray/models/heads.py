@@ -18,13 +18,28 @@ import torch
 from torch import nn
 
 
+class FeatureAdapter(nn.Module):
+    """``phi [N, D]`` -> ``h [N, dim]``: standardize with the fitted mean/std, one GELU layer."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clamp(min=1e-6).clone())
+        self.layer = nn.Linear(mean.shape[-1], dim)
+        nn.init.normal_(self.layer.weight, std=1.0 / math.sqrt(mean.shape[-1]))
+        nn.init.zeros_(self.layer.bias)
+
+    def forward(self, phi: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(self.layer((phi - self.mean) / self.std))
+
+
 class RewardHead(nn.Module):
     """Scores ``phi [B, D]`` for ``user_index [B]`` (−1: unknown user -> mean embedding) -> ``[B]``."""
 
     def __init__(self, input_dim: int, num_users: int, *,
                  head: Literal["lowrank", "mlp"] = "lowrank", rank: int = 8,
                  population_term: bool = True, mlp_hidden: int = 64,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, base_hidden: int = 0) -> None:
         super().__init__()
         if num_users < 1:
             raise ValueError(f"a reward head needs at least one user, got num_users={num_users}")
@@ -32,6 +47,9 @@ class RewardHead(nn.Module):
             raise ValueError(f"model.head must be 'lowrank' or 'mlp', got {head!r}")
         if input_dim < 1 or rank < 1:
             raise ValueError(f"input_dim and rank must be >= 1, got {input_dim} and {rank}")
+        if base_hidden < 0 or (base_hidden and head != "lowrank"):
+            raise ValueError(f"base_hidden must be >= 0, and > 0 only with the lowrank head; got "
+                             f"{base_hidden} with {head!r}")
         self.head = head
         self.input_dim = input_dim
         self.num_users = num_users
@@ -39,10 +57,19 @@ class RewardHead(nn.Module):
         self.population_term = population_term and head == "lowrank"
         self.dropout = nn.Dropout(dropout)
         self.user_embedding = nn.Embedding(num_users, rank)
-        if head == "lowrank":
+        self.base_hidden = base_hidden
+        if head == "lowrank" and base_hidden:
+            # b = W·gelu(A·(φ − μ)/σ + a): K base rewards over one fitted GELU layer. μ, σ are
+            # buffers (saved with the model), set from the embedding cache by fit_feature_scale.
+            out = nn.Linear(base_hidden, rank, bias=False)
+            nn.init.normal_(out.weight, std=1.0 / math.sqrt(base_hidden))
+            self.base = nn.Sequential(
+                FeatureAdapter(torch.zeros(input_dim), torch.ones(input_dim), base_hidden), out)
+        elif head == "lowrank":
             self.base = nn.Linear(input_dim, rank, bias=False)  # W: [K, D]
             # std 1/sqrt(D): each base reward b_k has about the scale of φ's entries.
             nn.init.normal_(self.base.weight, std=1.0 / math.sqrt(input_dim))
+        if head == "lowrank":
             if self.population_term:
                 # g ~ N(0, 1/K): |g| ≈ 1 so r = g·b starts at the scale of b, and a random
                 # (not constant) g keeps the K base rewards from receiving identical updates.
@@ -119,6 +146,16 @@ class RewardHead(nn.Module):
             return self.mlp(torch.cat([phi, users], dim=-1)).squeeze(-1)
         weights = users + self.population if self.population is not None else users
         return (weights * self.base(phi)).sum(dim=-1)
+
+    def fit_feature_scale(self, vectors: torch.Tensor) -> None:
+        """Standardize φ per feature with ``vectors``' mean and std (the embedding cache: texts,
+        never labels) before the base's GELU layer; nothing to do for a linear base."""
+        if not self.base_hidden:
+            return
+        adapter = self.base[0]
+        with torch.no_grad():
+            adapter.mean.copy_(vectors.float().mean(dim=0))
+            adapter.std.copy_(vectors.float().std(dim=0).clamp(min=1e-6))
 
     def user_penalty(self) -> torch.Tensor:
         """Mean over users of ``||e_u||²`` (scalar); the trainer multiplies by ``user_shrinkage``."""

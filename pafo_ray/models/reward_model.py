@@ -111,7 +111,8 @@ class RewardModel(nn.Module):
             self._scoring_encoder = [encoder] if encoder is not None else []
         self.head = RewardHead(self.input_dim, len(self.user_ids), head=model_cfg.head,
                                rank=model_cfg.rank, population_term=model_cfg.population_term,
-                               mlp_hidden=model_cfg.mlp_hidden, dropout=model_cfg.dropout)
+                               mlp_hidden=model_cfg.mlp_hidden, dropout=model_cfg.dropout,
+                               base_hidden=model_cfg.base_hidden)
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, user_ids: Sequence[str],

@@ -21,7 +21,10 @@ def build_model(model_cfg, users: list, cache, init_from: Optional[str] = None):
         with tempfile.TemporaryDirectory() as tmp:
             return RewardModel.from_pretrained(local_copy(init_from, tmp))
     dim = int(cache.vectors.shape[1]) if cache is not None else None
-    return RewardModel.from_config(model_cfg, users, input_dim=dim)
+    model = RewardModel.from_config(model_cfg, users, input_dim=dim)
+    if cache is not None:
+        model.head.fit_feature_scale(cache.vectors)  # model.base_hidden: φ's scale, from texts
+    return model
 
 
 def build_model_and_rows(model_cfg, users: list, cache, train: pd.DataFrame, val: pd.DataFrame,
