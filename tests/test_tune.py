@@ -271,3 +271,22 @@ def test_evaluate_compares_the_tuned_baseline(pipeline):
     else:
         assert models["reweight"] == pipeline.run_dir.uri("baselines", "reweight")
     assert models["vanilla"] == pipeline.run_dir.uri("teachers", "vanilla")
+
+
+def test_every_sampler_pickles_as_ray_tune_saves_it():
+    """Ray Tune pickles its searcher with the Tuner's state. Optuna 5.1's NSGA-II holds a
+    threading.Lock: the sampler must still pickle (plain pickle, as Tuner.restore reads it)
+    and come back with a lock it can use."""
+    import pickle
+
+    import ray.cloudpickle
+
+    from tuning.search import SAMPLERS, make_sampler, make_searcher
+
+    for name in SAMPLERS:
+        ray.cloudpickle.dumps(make_searcher(name, 0, 8))
+        sampler = pickle.loads(pickle.dumps(make_sampler(name, 0, 8)))
+        lock = getattr(sampler, "_thread_lock", None)
+        if name == "nsga2":
+            with lock:  # a real lock again after the round trip
+                pass

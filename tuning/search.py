@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import optuna
 import pandas as pd
 
 from pafo_ray.config import PipelineConfig
@@ -31,6 +33,22 @@ SAMPLERS = ("nsga2", "tpe", "random")
 PARAM_PREFIX = "param_"
 # Reported beside the objectives, so the table shows how each student did overall.
 EXTRA_METRICS = ("val_accuracy", "epoch", "train_loss")
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that pickles: Optuna 5.1's genetic samplers (``BaseGASampler``) hold a
+    ``threading.Lock`` and no ``__getstate__``, so Ray Tune could not save a Tuner with an
+    NSGA-II searcher (``cannot pickle '_thread.lock' object``). The lock is left out of the
+    pickle and a new one made on load (harmless where Optuna has none)."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def make_sampler(name: str, seed: int, budget: Optional[int] = None):
@@ -47,7 +65,7 @@ def make_sampler(name: str, seed: int, budget: Optional[int] = None):
     quarter = None if budget is None else budget // 4
     if name == "nsga2":
         size = 50 if quarter is None else min(50, max(4, quarter))
-        return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
+        return PicklableNSGAIISampler(population_size=size, seed=seed)
     if name == "tpe":
         # TPESampler handles several objectives; multivariate models the joint density of
         # the parameters (λ and the minority weight interact).
