@@ -147,21 +147,6 @@ def run_suite(name: str, args, figures: str) -> dict:
     return {"suite": name, "ok": ok, "status": status, "seconds": seconds}
 
 
-def run_smoke_suite(name: str, args, figures: str) -> dict:
-    """Smoke mode checks that a suite runs, not its figures: a suite that fails (not one that
-    times out) runs once more, and both outcomes are printed. Seen once in CI: Ray Tune's
-    Tuner failed to pickle its own state (``cannot pickle '_thread.lock'``) on the second of
-    three searches in one process, and passed on every rerun."""
-    status = run_suite(name, args, figures)
-    if status["ok"] or status["status"].startswith("timed out") or "missing" in status["status"]:
-        return status
-    print(f"== {name}: {status['status']} on the first try; running it once more", flush=True)
-    again = run_suite(name, args, figures)
-    if again["ok"]:
-        again["status"] = f"ok on the second try (first: {status['status']})"
-    return again
-
-
 def summary_table(statuses: list, figures: list) -> str:
     rows = []
     for status in statuses:
@@ -193,8 +178,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a suite running is stopped
     suites = args.suites or list(SUITES)
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl", prefix="pafo-bench-") as fh:
-        statuses = [run_smoke_suite(name, args, fh.name) if args.smoke
-                    else run_suite(name, args, fh.name) for name in suites]
+        statuses = [run_suite(name, args, fh.name) for name in suites]
         figures = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
     print(f"\n## Benchmarks{' (smoke)' if args.smoke else ''}: {', '.join(suites)}\n")
     print(summary_table(statuses, figures))
