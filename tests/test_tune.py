@@ -290,3 +290,102 @@ def test_every_sampler_pickles_as_ray_tune_saves_it():
         if name == "nsga2":
             with lock:  # a real lock again after the round trip
                 pass
+
+
+def _objective(params: dict) -> dict:
+    """A deterministic result for a trial's params (no training): what each search learns from."""
+    x = sum(float(v) for v in params.values() if isinstance(v, (int, float)))
+    return {MAJORITY: 0.5 + 0.4 * math.sin(x), MINORITY: 0.5 + 0.4 * math.cos(3 * x)}
+
+
+def _searchers(spaces: dict, budget: int) -> dict:
+    from tuning.methods import split_space
+    from tuning.search import make_searcher
+
+    out = {}
+    for method, space in spaces.items():
+        sampled, constants = split_space(space)
+        out[method] = (make_searcher("tpe", 0, budget, space=sampled) if sampled else None,
+                       constants)
+    return out
+
+
+def test_searches_in_one_experiment_sample_as_each_would_alone():
+    """MethodSearches hands out trials in turn, tags each with its method, merges the fixed
+    values, routes each result to its own method's searcher only, and stops after every
+    method's budget. With results arriving in the same order, each method samples exactly
+    the params it samples alone (same sampler and seed)."""
+    import pickle
+
+    from ray.tune.search import Searcher
+
+    from tuning.methods import METHOD_KEY, MethodSearches
+    from tuning.space import domains, load_space, read_baseline_spaces
+
+    budget = 6
+    spaces = {"pafo": load_space(), **{m: domains(s) for m, s in read_baseline_spaces().items()},
+              "fixed": {"reweight_power": 1.0}}
+    alone = {}
+    for method, (searcher, constants) in _searchers(spaces, budget).items():
+        seq = []
+        for i in range(budget):
+            params = {**constants, **(searcher.suggest(f"{method}{i}") if searcher else {})}
+            seq.append(params)
+            if searcher:
+                searcher.on_trial_complete(f"{method}{i}", _objective(params))
+        alone[method] = seq
+
+    combined = MethodSearches(_searchers(spaces, budget), budget)
+    seen = {m: [] for m in spaces}
+    for i in range(budget * len(spaces)):
+        config = combined.suggest(f"t{i}")
+        method = config.pop(METHOD_KEY)
+        assert method == list(spaces)[i % len(spaces)], "not handed out in turn"
+        seen[method].append(config)
+        combined.on_trial_complete(f"t{i}", _objective(config))
+        if i == 9:  # a save and restore mid-way changes nothing
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"methods-{os.getpid()}.pkl")
+            combined.save(path)
+            combined = MethodSearches({}, 1)
+            combined.restore(path)
+            os.remove(path)
+            pickle.loads(pickle.dumps(combined))
+    assert combined.suggest("after") == Searcher.FINISHED
+    for method in spaces:
+        assert seen[method] == alone[method], method
+        searcher = combined.searches[method][0]
+        if searcher is not None:  # each study was told its own trials' results only
+            values = [t.values for t in searcher._ot_study.trials]
+            assert values == [[_objective(p)[MAJORITY], _objective(p)[MINORITY]]
+                              for p in seen[method]], method
+    assert seen["fixed"] == [{"reweight_power": 1.0}] * budget
+    assert set(seen["reweight"][0]) == {"reweight_power"}
+    assert {"lam", "minority_weight"} <= set(seen["pafo"][0])
+
+
+@pytest.mark.ray
+def test_an_experiment_that_never_started_is_started_afresh(ray_session, tmp_path):
+    """Ray writes tuner.pkl before it can fail to start a Tuner; over an empty one
+    ``Tuner.can_restore`` is true and ``Tuner.restore`` raised EOFError. run_search starts
+    such an experiment afresh, and both methods of a combined search get their budget."""
+    from ray import tune
+
+    from tuning.search import run_searches
+    from tuning.space import domains, read_baseline_spaces
+
+    cfg = load_config(None, small_overrides(tmp_path, **{"train.epochs": 2,
+                                                         "tune.max_concurrent_trials": 2}))
+    folder = tmp_path / "tune" / "searches-empty"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"")
+    assert tune.Tuner.can_restore(str(folder))
+    spaces = {"pafo": None, "reweight": domains(read_baseline_spaces()["reweight"])}
+    out = run_searches(cfg, synthetic_student_data(), spaces, storage_path=str(tmp_path / "tune"),
+                       name="searches-empty", num_samples=2)
+    assert set(out) == {"pafo", "reweight"}
+    for method, outcome in out.items():
+        assert not outcome.resumed and len(outcome.trials) == 2 and outcome.errors == 0, method
+        assert np.isfinite(outcome.trials[list(OBJECTIVES)].to_numpy()).all(), method
+    assert [c for c in out["reweight"].trials if c.startswith("param_")] == ["param_reweight_power"]
+    assert "param_lam" in out["pafo"].trials and "method" not in out["pafo"].trials
+    assert len(set(out["pafo"].trials["trial_id"]) & set(out["reweight"].trials["trial_id"])) == 0

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("nsga2", "tpe", "random")
 PARAM_PREFIX = "param_"
+# The config key naming a trial's search (tuning.methods.METHOD_KEY; not imported from
+# there: that module imports Ray Tune, which this one leaves to the functions that run it).
+METHOD_KEY = "method"
 # Reported beside the objectives, so the table shows how each student did overall.
 EXTRA_METRICS = ("val_accuracy", "epoch", "train_loss")
 
@@ -76,16 +79,20 @@ def make_sampler(name: str, seed: int, budget: Optional[int] = None):
     raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}")
 
 
-def make_searcher(sampler: str, seed: int, budget: Optional[int] = None):
+def make_searcher(sampler: str, seed: int, budget: Optional[int] = None,
+                  space: Optional[dict] = None):
     """Multi-objective ``OptunaSearch`` maximising both :data:`OBJECTIVES`.
 
-    Metric and mode live here only (not on the Tuner); the space comes from the Tuner's
-    ``param_space`` through ``set_search_properties``.
+    Metric and mode live here only (not on the Tuner). ``space``: the Tune domains it
+    samples (converted to Optuna distributions here); without it, the space comes through
+    ``set_search_properties``.
     """
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES),
-                        sampler=make_sampler(sampler, seed, budget))
+    if space:
+        space = OptunaSearch.convert_search_space(space)
+    return OptunaSearch(space=space or None, metric=list(OBJECTIVES),
+                        mode=["max"] * len(OBJECTIVES), sampler=make_sampler(sampler, seed, budget))
 
 
 def _finite_or_nan(value) -> float:
@@ -102,7 +109,8 @@ def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None,
     ``params``; reports once.
 
     ``data`` (a :class:`~pafo_ray.train.inmemory.StudentData`) and ``cfg`` arrive through
-    ``tune.with_parameters`` (the object store), not in the trial's config. Both objectives
+    ``tune.with_parameters`` (the object store), not in the trial's config; the config's
+    ``method`` key (:data:`METHOD_KEY`), when there, overrides ``method``. Both objectives
     are always reported (a result without them stops Tune), as NaN when undefined (no
     validation rows of a group, a diverged model): Optuna refuses NaN values, OptunaSearch
     logs a warning and leaves that Optuna trial unfinished, so the sampler learns nothing
@@ -113,6 +121,8 @@ def train_trial(params: dict, data=None, cfg: Optional[PipelineConfig] = None,
     from pafo_ray.train.inmemory import train_student, trial_device
     from tuning.space import apply_params
 
+    params = dict(params)
+    method = params.pop(METHOD_KEY, method)
     _, metrics = train_student(data, apply_params(cfg, params), method=method,
                                device=trial_device(cfg.tune.gpus_per_trial))
     report = {name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS}
@@ -175,11 +185,13 @@ def trials_table(result_grid) -> pd.DataFrame:
         row.update({name: _finite_or_nan(metrics.get(name)) for name in OBJECTIVES + EXTRA_METRICS})
         row["seconds"] = _finite_or_nan(metrics.get("time_total_s"))
         row["error"] = "" if result.error is None else f"{type(result.error).__name__}: {result.error}"[:500]
-        row.update({f"{PARAM_PREFIX}{key}": value for key, value in (result.config or {}).items()})
+        config = dict(result.config or {})
+        row[METHOD_KEY] = config.pop(METHOD_KEY, "pafo")
+        row.update({f"{PARAM_PREFIX}{key}": value for key, value in config.items()})
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=["trial_number", "trial_id", "status", *OBJECTIVES,
-                                     *EXTRA_METRICS, "seconds", "error"])
+                                     *EXTRA_METRICS, "seconds", "error", METHOD_KEY])
     return pd.DataFrame(rows).sort_values(["trial_number", "trial_id"]).reset_index(drop=True)
 
 
@@ -210,7 +222,8 @@ def space_overrides(cfg: PipelineConfig) -> dict:
     return out
 
 
-def concurrent_trials(cfg: PipelineConfig, label: str = "tune trials") -> int:
+def concurrent_trials(cfg: PipelineConfig, label: str = "tune trials",
+                      count: Optional[int] = None) -> int:
     """``tune.max_concurrent_trials`` capped by how many trials the cluster holds at once
     (:mod:`pafo_ray.admission`); fails at once when not even one fits. Prints the plan."""
     from pafo_ray.admission import Demand, infeasible, plan_line, trials_at_once
@@ -225,7 +238,8 @@ def concurrent_trials(cfg: PipelineConfig, label: str = "tune trials") -> int:
     if error:
         raise ValueError(error)
     at_once = trials_at_once(t.max_concurrent_trials, t.cpus_per_trial, t.gpus_per_trial, capacity)
-    say(plan_line(label, t.num_samples, demand, capacity, at_once=at_once))
+    say(plan_line(label, t.num_samples if count is None else count, demand, capacity,
+                  at_once=at_once))
     return at_once
 
 
@@ -234,62 +248,114 @@ def run_search(cfg: PipelineConfig, data, *, storage_path: str, name: str,
                seed: Optional[int] = None, trainable: Callable = train_trial,
                verbose: int = 0, method: str = "pafo",
                param_space: Optional[dict] = None) -> SearchOutcome:
-    """Search ``cfg.tune.space`` for students that are good for both groups.
+    """One search: :func:`run_searches` with ``{method: param_space}``."""
+    return run_searches(cfg, data, {method: param_space}, storage_path=storage_path, name=name,
+                        sampler=sampler, num_samples=num_samples, seed=seed,
+                        trainable=trainable, verbose=verbose)[method]
+
+
+def run_searches(cfg: PipelineConfig, data, spaces: dict, *, storage_path: str, name: str,
+                 sampler: Optional[str] = None, num_samples: Optional[int] = None,
+                 seed: Optional[int] = None, trainable: Callable = train_trial,
+                 verbose: int = 0) -> dict:
+    """Search, for each method of ``spaces``, students that are good for both groups: one
+    Ray Tune experiment for all of them (:class:`tuning.methods.MethodSearches`), each
+    method with its own Optuna searcher, ``num_samples`` trials, sampler and seed.
 
     cfg: the pipeline config; trials apply their params to it (``apply_params``).
     data: the :class:`~pafo_ray.train.inmemory.StudentData` every trial trains on, loaded
       once by the caller and shared through the object store.
+    spaces: ``{method: param_space}`` in the order trials are handed out; ``"pafo"`` is the
+      student, any other a baseline (``tuning/baselines.yaml`` domains); ``None`` = the
+      student's space ``cfg.tune.space``.
     storage_path, name: the experiment is ``<storage_path>/<name>`` (local or a URI);
       restored when ``Tuner.can_restore`` finds one there (``resumed=True``).
     sampler, num_samples, seed: default ``cfg.tune.sampler``, ``cfg.tune.num_samples``,
       ``cfg.run.seed`` (the benchmark varies them over the same data).
-    trainable: the trial function ``(params, data=, cfg=, method=)``; default :func:`train_trial`.
-    method, param_space: a baseline's own search (``tuning/baselines.yaml`` domains) instead
-      of the student's (``cfg.tune.space``).
+    trainable: the trial function ``(params, data=, cfg=, method=)``; default :func:`train_trial`
+      (the method arrives in ``params[METHOD_KEY]``).
 
-    A restored experiment keeps the budget it was started with (Tune cannot add samples to
-    it): a different ``num_samples`` needs a different ``name``.
+    Returns ``{method: SearchOutcome}``; the outcomes share the experiment's path, seconds and
+    ``resumed``. A restored experiment keeps the budget it was started with (Tune cannot add
+    samples to it): a different ``num_samples`` needs a different ``name``.
     """
     from ray import tune
 
     from pafo_ray.storage import join
+    from tuning.methods import MethodSearches, split_space
     from tuning.space import load_space
 
     if cfg.prepare.num_groups != 2:
         raise ValueError("the tune stage's two objectives (majority, minority accuracy) need "
                          f"prepare.num_groups=2, got {cfg.prepare.num_groups}")
+    if not spaces:
+        raise ValueError("run_searches needs at least one method to search")
     sampler = sampler or cfg.tune.sampler
     num_samples = cfg.tune.num_samples if num_samples is None else num_samples
     seed = cfg.run.seed if seed is None else seed
     if num_samples < 1:
         raise ValueError(f"tune.num_samples must be ≥ 1 to search, got {num_samples}")
     resources = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
-    at_once = concurrent_trials(
-        cfg, "tune trials" if method == "pafo" else f"tune trials ({method})")
-    fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg, method=method),
-                             resources)
+    others = [m for m in spaces if m != "pafo"]
+    label = "tune trials" + (f" ({', '.join(others)})" if others and "pafo" not in spaces
+                             else f" (pafo + {', '.join(others)})" if others else "")
+    at_once = concurrent_trials(cfg, label, count=num_samples * len(spaces))
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, cfg=cfg), resources)
     path = join(storage_path, name)
     began = time.time()
 
-    resumed = bool(tune.Tuner.can_restore(path))
-    if resumed:
-        log.info("restoring the Tune experiment at %s", path)
-        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
-    else:
+    spaces = {method: load_space(cfg.tune.space, space_overrides(cfg)) if space is None
+              else space for method, space in spaces.items()}
+    tuner = _restored(path, fn)
+    resumed = tuner is not None
+    if not resumed:
+        searches = {}
+        for method, space in spaces.items():
+            sampled, constants = split_space(space)
+            searches[method] = (make_searcher(sampler, seed, num_samples, space=sampled)
+                                if sampled else None, constants)
         tune_config = tune.TuneConfig(
-            search_alg=make_searcher(sampler, seed, num_samples), num_samples=num_samples,
-            max_concurrent_trials=at_once, reuse_actors=True,
-            trial_dirname_creator=trial_dirname)
+            search_alg=MethodSearches(searches, num_samples, metric=list(OBJECTIVES),
+                                      mode=["max"] * len(OBJECTIVES)),
+            num_samples=num_samples * len(spaces), max_concurrent_trials=at_once,
+            reuse_actors=True, trial_dirname_creator=trial_dirname)
         run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
                                     failure_config=tune.FailureConfig(max_failures=0))
-        if param_space is None:
-            param_space = load_space(cfg.tune.space, space_overrides(cfg))
-        tuner = tune.Tuner(fn, param_space=param_space,
-                           tune_config=tune_config,
-                           run_config=run_config)
+        tuner = tune.Tuner(fn, param_space={}, tune_config=tune_config, run_config=run_config)
     table = trials_table(tuner.fit())
-    if resumed and len(table) != num_samples:
-        log.warning("the restored experiment at %s has %d trials, not the %d asked for; use "
-                    "another name to search with a new budget", path, len(table), num_samples)
-    return SearchOutcome(trials=table, resumed=resumed, path=path, sampler=sampler,
-                         seconds=round(time.time() - began, 2))
+    seconds = round(time.time() - began, 2)
+    out = {}
+    for method, space in spaces.items():
+        others = [c for c in table.columns if c.startswith(PARAM_PREFIX)
+                  and c[len(PARAM_PREFIX):] not in space]  # other methods' parameters
+        mine = table[table[METHOD_KEY] == method].drop(columns=[METHOD_KEY, *others])
+        mine = mine.reset_index(drop=True)
+        if resumed and len(mine) != num_samples:
+            log.warning("the restored experiment at %s has %d %s trials, not the %d asked for; "
+                        "use another name to search with a new budget", path, len(mine),
+                        method, num_samples)
+        out[method] = SearchOutcome(trials=mine, resumed=resumed, path=path, sampler=sampler,
+                                    seconds=seconds)
+    return out
+
+
+def _restored(path: str, trainable):
+    """The Tuner restored from ``path``, or None when there is nothing there to restore.
+
+    Ray writes ``tuner.pkl`` before it can fail to start an experiment (an unpicklable
+    searcher, a killed driver), so ``can_restore`` can be true over an empty or cut file,
+    which ``Tuner.restore`` then fails to read (``EOFError``): such an experiment never ran a
+    trial and is started afresh, with a warning."""
+    import pickle
+
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        return None
+    log.info("restoring the Tune experiment at %s", path)
+    try:
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    except (EOFError, pickle.UnpicklingError) as exc:
+        log.warning("the Tune experiment at %s cannot be restored (%s: %s); starting it "
+                    "afresh", path, type(exc).__name__, exc)
+        return None

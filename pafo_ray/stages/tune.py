@@ -14,13 +14,14 @@ baselines stage's model at its configured setting).
 
 With ``tune.tune_baselines`` each baseline gets its own search of its own setting
 (``tuning/baselines.yaml``: reweight_power, groupdro_eta, fairness_alpha) with the same budget,
-sampler and rule; its chosen setting is trained in-process and saved as
+sampler and rule, run in the same Ray Tune experiment as the student's (one Optuna searcher a
+method, trials handed out in turn: :mod:`tuning.methods`); its chosen setting is trained in-process and saved as
 ``tune/baselines/<method>/``, which evaluate compares instead of the default-setting baseline
 (a baseline whose search meets no constraint keeps its default setting, and says so).
 
 Outputs in ``tune/``: ``trials.parquet`` / ``trials.csv`` (every trial's params and
 metrics), ``front.csv``, ``baselines_<method>.csv``, ``pareto_front.png``. The Tune experiment itself lives in
-``_ray/tune/search-<hash>`` — outside this folder, which the runner clears — so a rerun
+``_ray/tune/searches-<hash>`` — outside this folder, which the runner clears — so a rerun
 after a kill restores it instead of training every trial again.
 """
 
@@ -123,7 +124,7 @@ def _plot(ctx: StageContext, trials, front, chosen, points: dict, threshold: flo
 def run(ctx: StageContext) -> dict:
     from pafo_ray.train.inmemory import load_student_data
     from tuning.pareto import hypervolume_2d, pareto_front, select
-    from tuning.search import run_search
+    from tuning.search import run_searches
 
     cfg = ctx.cfg
     if cfg.model.mode != "frozen":
@@ -135,16 +136,19 @@ def run(ctx: StageContext) -> dict:
         raise RuntimeError("teachers/summary.json has no finite vanilla val_majority_accuracy: "
                            "rerun `pafo-ray teachers --force`")
     data = load_student_data(cfg)
-    outcome = run_search(cfg, data, storage_path=ctx.run_dir.ray_storage(NAME),
-                         name=f"search-{stage_hash(ctx, NAME)}")
+    # One Tune experiment for the student's search and each baseline's (tuning.methods).
+    outcomes = run_searches(cfg, data, {"pafo": None, **baseline_spaces(cfg)},
+                            storage_path=ctx.run_dir.ray_storage(NAME),
+                            name=f"searches-{stage_hash(ctx, NAME)}")
+    outcome = outcomes.pop("pafo")
     trials = outcome.trials
     reference = default_reference(cfg, data) if cfg.tune.selection != "best" else {}
     selection = select(trials, baseline_majority=baseline_majority, epsilon=cfg.tune.epsilon,
                        **rule_arguments(cfg, reference, reference.get("point")))
     front = pareto_front(trials)
     baselines = {}
-    if cfg.tune.tune_baselines and is_active(cfg, "baselines"):
-        baselines = search_baselines(ctx, data, baseline_majority, reference, points)
+    if outcomes:
+        baselines = choose_baselines(ctx, data, outcomes, baseline_majority, reference, points)
         for method, found in baselines.items():
             if found["chosen"]:
                 points[method] = (found["chosen"]["val_majority_accuracy"],
@@ -221,25 +225,31 @@ def default_reference(cfg, data, fitted: tuple | None = None) -> dict:
                           for i, name in enumerate(names)}}
 
 
-def search_baselines(ctx: StageContext, data, baseline_majority: float,
+def baseline_spaces(cfg) -> dict:
+    """``{method: param_space}`` of the baselines searched beside the student: with
+    ``tune.tune_baselines`` and the baselines stage active, each method of
+    ``baselines.methods`` that ``tune.baseline_space`` gives a space, in that order."""
+    from tuning.space import domains, read_baseline_spaces
+
+    if not (cfg.tune.tune_baselines and is_active(cfg, "baselines")):
+        return {}
+    spaces = read_baseline_spaces(cfg.tune.baseline_space)
+    return {m: domains(spaces[m]) for m in cfg.baselines.methods if m in spaces}
+
+
+def choose_baselines(ctx: StageContext, data, outcomes: dict, baseline_majority: float,
                      reference: dict | None = None, points: dict | None = None) -> dict:
-    """Each baseline's own search (same budget, sampler, seed and rule as the student's); the
-    chosen setting trained in-process and saved as ``tune/baselines/<method>``. Under the
-    ``beat_default`` rule a baseline's default is its baselines-stage model (``points``)."""
+    """Each baseline's own search (``outcomes``: ``{method: SearchOutcome}``, same budget,
+    sampler, seed and rule as the student's): the rule's pick trained in-process and saved as
+    ``tune/baselines/<method>``. Under the ``beat_default`` rule a baseline's default is its
+    baselines-stage model (``points``)."""
     from pafo_ray.train.inmemory import train_student
     from tuning.pareto import select
-    from tuning.search import run_search
-    from tuning.space import apply_params, domains, read_baseline_spaces
+    from tuning.space import apply_params
 
     cfg = ctx.cfg
-    spaces = read_baseline_spaces(cfg.tune.baseline_space)
     out = {}
-    for method in cfg.baselines.methods:
-        if method not in spaces:
-            continue
-        outcome = run_search(cfg, data, storage_path=ctx.run_dir.ray_storage(NAME),
-                             name=f"search-{stage_hash(ctx, NAME)}-{method}", method=method,
-                             param_space=domains(spaces[method]))
+    for method, outcome in outcomes.items():
         selection = select(outcome.trials, baseline_majority=baseline_majority,
                            epsilon=cfg.tune.epsilon,
                            **rule_arguments(cfg, reference or {}, (points or {}).get(method)))
