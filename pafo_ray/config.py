@@ -286,6 +286,10 @@ class TrainConfig:
                          "students) in one TorchTrainer: one worker-group start-up for all, each "
                          "job on its own train.num_workers ranks reading its rows directly. Off: "
                          "one TorchTrainer per job with Ray Data shards (ingest_cpus reserved).")
+    pool_workers: int = _f(0, "Workers of a pooled trainer whose jobs have one rank each "
+                           "(train.num_workers=1): at most this many, each training its jobs in "
+                           "turn. 0: one per core of the cluster (a local Ray: this machine's "
+                           "cores), at most one per job; with use_gpu, one per job.")
     ingest_cpus: float = _f(1.0, "CPUs kept free for each trainer's Ray Data reads (no worker takes "
                             "them; admission counts them): workers that held every CPU would wait "
                             "forever for rows their reads cannot be scheduled to produce.")

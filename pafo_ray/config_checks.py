@@ -71,6 +71,7 @@ RULES: dict[str, Rule] = {
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.num_workers": NON_NEGATIVE,
+    "train.pool_workers": NON_NEGATIVE,
     "train.cpus_per_worker": POSITIVE,
     "train.max_failures": NON_NEGATIVE,
     "train.checkpoint_every": POSITIVE,

@@ -12,9 +12,10 @@ from pafo_ray.admission import Demand, scaled
 from pafo_ray.train.pooled import (
     COMPLETE,
     latest_checkpoint,
-    my_job,
+    my_jobs,
     rank_plan,
     save_checkpoint,
+    world_size,
 )
 
 
@@ -23,9 +24,21 @@ def test_rank_plan_gives_each_job_its_own_ranks():
     assert rank_plan([2, 2]) == [[0, 1], [2, 3]]
     plan = rank_plan([1, 2, 1])
     assert plan == [[0], [1, 2], [3]]
-    assert [my_job(plan, r) for r in range(4)] == [(0, 0), (1, 0), (1, 1), (2, 0)]
+    assert [my_jobs(plan, r) for r in range(4)] == [[(0, 0)], [(1, 0)], [(1, 1)], [(2, 0)]]
+    assert world_size(plan) == 4
     with pytest.raises(ValueError, match="rank 4"):
-        my_job(plan, 4)
+        my_jobs(plan, 4)
+
+
+def test_one_rank_jobs_share_at_most_the_workers_given():
+    plan = rank_plan([1] * 6, workers=2)  # the demo: 6 models on 2 cores
+    assert plan == [[0], [1], [0], [1], [0], [1]] and world_size(plan) == 2
+    assert my_jobs(plan, 0) == [(0, 0), (2, 0), (4, 0)]
+    assert my_jobs(plan, 1) == [(1, 0), (3, 0), (5, 0)]
+    # No sharing when the jobs fit, when a job has several ranks, or with no cap.
+    assert rank_plan([1, 1], workers=2) == rank_plan([1, 1], workers=8) == [[0], [1]]
+    assert rank_plan([1, 2, 1], workers=2) == [[0], [1, 2], [3]]
+    assert rank_plan([1, 1, 1], workers=None) == [[0], [1], [2]]
 
 
 def test_a_wave_holds_the_demand_of_all_its_jobs():

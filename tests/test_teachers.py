@@ -186,8 +186,9 @@ def real_workers(prepared):
     try:
         # No ingest reserve: the session's 4 CPUs then admit all three trainers at once (with
         # the default 1 CPU each, admission runs two at once and the teachers may not overlap).
+        # A worker each (train.pool_workers=3): by default a 2-core machine gives 2 workers.
         return prepared("workers", **{"train.num_workers": 1, "train.max_failures": 1,
-                                      "train.ingest_cpus": 0})
+                                      "train.ingest_cpus": 0, "train.pool_workers": 3})
     finally:
         del os.environ[FAIL_ENV]
 
@@ -232,16 +233,22 @@ def test_one_worker_group_trains_all_three_jobs(real_workers):
 
 @pytest.mark.slow
 def test_pooled_results_equal_one_trainer_per_job(prepared, real_workers):
-    """The same seed gives the same models whether the jobs share one worker group or each
-    has its own TorchTrainer reading Ray Data shards (train.pool_jobs=false)."""
+    """The same seed gives the same models whether the jobs share one worker group (a worker
+    each, or one worker for all) or each has its own TorchTrainer reading Ray Data shards
+    (train.pool_jobs=false)."""
     _, pooled = real_workers
     _, per_job = prepared("per_job", **{"train.num_workers": 1, "train.pool_jobs": False,
                                         "train.ingest_cpus": 0})
+    # ...or all three share one worker that trains them in turn (train.pool_workers=1).
+    _, shared = prepared("one_worker", **{"train.num_workers": 1, "train.pool_workers": 1})
     for name in ("vanilla", *GROUPS):
         a, b = pooled["jobs"][name]["metrics"], per_job["jobs"][name]["metrics"]
+        c = shared["jobs"][name]["metrics"]
         assert "world_size" not in b  # it did take the per-job path
+        assert (c["world_size"], c["world_rank"]) == (1, 0), c
         for key in ("train_loss", "val_accuracy", "val_margin_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
+            assert c[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
 
 
 def test_failed_worker_resumes_from_its_checkpoint(prepared, real_workers):

@@ -370,8 +370,8 @@ def test_an_experiment_that_never_started_is_started_afresh(ray_session, tmp_pat
     such an experiment afresh, and both methods of a combined search get their budget."""
     from ray import tune
 
-    from tuning.search import run_searches
-    from tuning.space import domains, read_baseline_spaces
+    from tuning.search import params_of, run_searches
+    from tuning.space import apply_params, domains, read_baseline_spaces
 
     cfg = load_config(None, small_overrides(tmp_path, **{"train.epochs": 2,
                                                          "tune.max_concurrent_trials": 2}))
@@ -388,4 +388,7 @@ def test_an_experiment_that_never_started_is_started_afresh(ray_session, tmp_pat
         assert np.isfinite(outcome.trials[list(OBJECTIVES)].to_numpy()).all(), method
     assert [c for c in out["reweight"].trials if c.startswith("param_")] == ["param_reweight_power"]
     assert "param_lam" in out["pafo"].trials and "method" not in out["pafo"].trials
+    for outcome in out.values():  # each table's params apply as sampled (ints stay ints)
+        for row in outcome.trials.to_dict("records"):
+            apply_params(cfg, params_of(row))
     assert len(set(out["pafo"].trials["trial_id"]) & set(out["reweight"].trials["trial_id"])) == 0

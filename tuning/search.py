@@ -174,10 +174,13 @@ def _number_and_id(result) -> tuple:
     return math.nan, str((result.metrics or {}).get("trial_id", name[-1]))
 
 
-def trials_table(result_grid) -> pd.DataFrame:
-    """Every trial of a ``ResultGrid`` as a row, in the order the searcher created them."""
+def trials_table(result_grid, method: Optional[str] = None) -> pd.DataFrame:
+    """Every trial of a ``ResultGrid`` (of ``method``'s search only, when given) as a row, in
+    the order the searcher created them."""
     rows = []
     for result in result_grid:
+        if method is not None and (result.config or {}).get(METHOD_KEY, "pafo") != method:
+            continue  # another search's: its own table keeps its columns' types
         metrics = result.metrics or {}
         number, trial_id = _number_and_id(result)
         row = {"trial_number": number, "trial_id": trial_id,
@@ -322,14 +325,11 @@ def run_searches(cfg: PipelineConfig, data, spaces: dict, *, storage_path: str, 
         run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
                                     failure_config=tune.FailureConfig(max_failures=0))
         tuner = tune.Tuner(fn, param_space={}, tune_config=tune_config, run_config=run_config)
-    table = trials_table(tuner.fit())
+    grid = tuner.fit()
     seconds = round(time.time() - began, 2)
     out = {}
-    for method, space in spaces.items():
-        others = [c for c in table.columns if c.startswith(PARAM_PREFIX)
-                  and c[len(PARAM_PREFIX):] not in space]  # other methods' parameters
-        mine = table[table[METHOD_KEY] == method].drop(columns=[METHOD_KEY, *others])
-        mine = mine.reset_index(drop=True)
+    for method in spaces:
+        mine = trials_table(grid, method).drop(columns=[METHOD_KEY])
         if resumed and len(mine) != num_samples:
             log.warning("the restored experiment at %s has %d %s trials, not the %d asked for; "
                         "use another name to search with a new budget", path, len(mine),

@@ -32,6 +32,7 @@ from pafo_ray.train.pooled import (
     rank_plan,
     read_text,
     remove_file,
+    world_size,
 )
 
 
@@ -46,9 +47,24 @@ class Entry:
     run_hash: str
 
 
+def pool_width(tc) -> Optional[int]:
+    """Workers one pooled trainer of one-rank jobs starts at most (:func:`rank_plan`):
+    ``train.pool_workers``, or when 0 one per core the cluster has (a local Ray: this
+    machine's cores, not its raised logical CPUs) per ``train.cpus_per_worker``; None (one
+    worker a job) with GPUs, where each job has a GPU of its own."""
+    if tc.pool_workers:
+        return tc.pool_workers
+    if tc.use_gpu:
+        return None
+    from pafo_ray.ray_session import data_parallelism
+
+    return max(1, int(data_parallelism() // max(1.0, tc.cpus_per_worker)))
+
+
 def fit_pooled(entries: list) -> dict:
-    """Fit ``entries`` in one ``TorchTrainer`` of ``len(entries) × train.num_workers``
-    workers; ``{stage: {job: result}}``, each result as a per-job trainer gives it."""
+    """Fit ``entries`` in one ``TorchTrainer``: ``train.num_workers`` ranks a job, or, for
+    one-rank jobs, at most :func:`pool_width` workers that train their jobs in turn;
+    ``{stage: {job: result}}``, each result as a per-job trainer gives it."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -73,7 +89,8 @@ def fit_pooled(entries: list) -> dict:
         remove_file(join(payload["dir"], ERROR))
         payloads.append(payload)
         pipelines.append(e.job.config or e.cfg.to_dict())
-    scaling = ScalingConfig(num_workers=tc.num_workers * len(entries), use_gpu=tc.use_gpu,
+    plan = rank_plan([tc.num_workers] * len(entries), pool_width(tc))
+    scaling = ScalingConfig(num_workers=world_size(plan), use_gpu=tc.use_gpu,
                             resources_per_worker={"CPU": tc.cpus_per_worker})
     # controller_failure_limit bounds the worker-group start-ups that time out waiting for
     # resources (Ray's default: retry forever, a hang when they never come).
@@ -84,7 +101,7 @@ def fit_pooled(entries: list) -> dict:
                                      controller_failure_limit=tc.start_retries))
     trainer = TorchTrainer(pooled_train_func, scaling_config=scaling, run_config=run_config,
                            train_loop_config={"jobs": payloads, "pipelines": pipelines,
-                                              "ranks": rank_plan([tc.num_workers] * len(entries))})
+                                              "ranks": plan})
     names = ", ".join(f"{e.stage}/{e.job.name}" for e in entries)
     try:
         trainer.fit()
@@ -134,8 +151,11 @@ def run_waves(entries: list, demand, budget) -> dict:
     at_once = max(1, min(len(entries), fits_at_once(demand, budget.capacity)))
     waves = [entries[i:i + at_once] for i in range(0, len(entries), at_once)]
     stages = " ‖ ".join(dict.fromkeys(e.stage for e in entries))
+    tc = entries[0].cfg.train
+    width = world_size(rank_plan([tc.num_workers] * at_once, pool_width(tc)))
     say(f"{stages}: {len(entries)} job(s) in {len(waves)} Ray Train worker group(s) of up to "
-        f"{at_once} job(s) ({demand.describe()} each, {budget.capacity.plan_cpus:g} CPUs)")
+        f"{at_once} job(s) on {width} worker(s) ({demand.describe()} a job, "
+        f"{budget.capacity.plan_cpus:g} CPUs)")
     results: dict = {}
     for wave in waves:
         with budget.hold(scaled(demand, len(wave))):
