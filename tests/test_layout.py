@@ -241,20 +241,29 @@ def test_typed_readers_of_other_stages_summaries(layout):
     assert list(layout.users("prepare")["rows"]) == [1, 2, 3]
 
 
-def test_the_three_training_entry_points_share_one_builder():
-    """train_func, train_student and train_vanilla get model and rows from one builder, and
+def test_the_training_entry_points_share_one_builder():
+    """The workers' job set-up, train_student and train_vanilla get model and rows from one
+    builder, and both kinds of Ray Train worker (one trainer a job, pooled) from that set-up;
     none seeds, builds a model or tensors rows itself."""
     modules = _modules()
-    entries = [("pafo_ray.train.ray_train", "train_func"),
-               ("pafo_ray.train.inmemory", "train_student"),
-               ("pafo_ray.train.inmemory", "train_vanilla")]
-    for module, function in entries:
+
+    def calls(module, function):
         node = next(n for n in ast.walk(modules[module])
                     if isinstance(n, ast.FunctionDef) and n.name == function)
-        called = {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", None)
-                  for c in ast.walk(node) if isinstance(c, ast.Call)}
-        assert "build_model_and_rows" in called, function
-        assert not called & {"manual_seed", "from_config", "build_rows", "user_map"}, function
+        return {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", None)
+                for c in ast.walk(node) if isinstance(c, ast.Call)}
+
+    forbidden = {"manual_seed", "from_config", "build_rows", "user_map"}
+    for module, function in [("pafo_ray.train.worker", "set_up_job"),
+                             ("pafo_ray.train.inmemory", "train_student"),
+                             ("pafo_ray.train.inmemory", "train_vanilla")]:
+        called = calls(module, function)
+        assert "build_model_and_rows" in called and not called & forbidden, function
+    for module, function in [("pafo_ray.train.ray_train", "train_func"),
+                             ("pafo_ray.train.pooled", "_train_job")]:
+        called = calls(module, function)
+        assert "set_up_job" in called and not called & forbidden, function
+        assert "build_model_and_rows" not in called, function
 
 
 def test_layout_files_and_folders_on_s3(monkeypatch, tmp_path):

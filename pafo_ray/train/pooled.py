@@ -194,35 +194,20 @@ def _job_groups(plan: list) -> list:
 def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info: dict) -> None:
     import ray.train
 
-    from pafo_ray import progress
-    from pafo_ray.config import config_from_dict
-    from pafo_ray.data.schema import group_names
-    from pafo_ray.layout import RunLayout
-    from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.build import build_model_and_rows
     from pafo_ray.train.frames import read_rows
-    from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.runtime import (
-        epoch_record,
-        load_train_state,
-        maybe_fail,
-        write_checkpoint_files,
-    )
-    from pafo_ray.train.targets import distill_targets
+    from pafo_ray.train.loop import PairScorer, fit
+    from pafo_ray.train.runtime import load_train_state, maybe_fail, write_checkpoint_files
+    from pafo_ray.train.worker import EpochLog, set_up_job
 
-    worker_started_at = time.time()
-    cfg = config_from_dict(pipeline)
-    layout = RunLayout.of(cfg)
-    names = group_names(cfg.prepare.num_groups)
-    cache = read_cache(layout.embed_cache()) if cfg.model.mode == "frozen" else None
-    train_frame, val_frame = (read_rows(job["uris"][k]) for k in ("train", "val"))
-    if size > 1:  # this rank's share of the job's rows
-        train_frame = train_frame.iloc[sub_rank::size].reset_index(drop=True)
-    if job.get("targets") is not None:
-        train_frame = distill_targets(train_frame, job["targets"], names)
-    model, train_rows, val_rows = build_model_and_rows(
-        cfg.model, layout.user_ids(), cache, train_frame, val_frame, group_names=names,
-        seed=cfg.run.seed, init_from=job.get("init_from"), label_margin=cfg.train.use_margin)
+    def frames(cfg):
+        train_frame, val_frame = (read_rows(job["uris"][k]) for k in ("train", "val"))
+        if size > 1:  # this rank's share of the job's rows
+            train_frame = train_frame.iloc[sub_rank::size].reset_index(drop=True)
+        return train_frame, val_frame
+
+    started_at = time.time()
+    setup = set_up_job(pipeline, job, frames)
+    cfg, model, objective, epochs = setup.cfg, setup.model, setup.objective, setup.epochs
     device = ray.train.torch.get_device()
     scorer = PairScorer(model).to(device)
     if size > 1:
@@ -230,8 +215,6 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
 
         scorer = DistributedDataParallel(scorer, process_group=group,
                                          device_ids=[device] if device.type == "cuda" else None)
-    objective = Objective(**job["objective"])
-    epochs = job.get("epochs") or cfg.train.epochs
     start_epoch, optimizer_state = 0, None
     last = latest_checkpoint(job["dir"])
     if last:
@@ -245,19 +228,13 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
             state = load_train_state(os.path.join(folder, "train_state.pt"))
         start_epoch, optimizer_state = state["epoch"], state["optimizer"]
         objective.load_state_dict(state.get("objective", {}))
-    history: list = []
+    epoch_log = EpochLog(setup, job, sub_rank, start_epoch, started_at, extra=info)
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
-        done = epoch + 1
-        history.append(epoch_record(metrics))
-        if sub_rank == 0:  # the status line: where this job is (never waits, never raises)
-            progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
-        if (done % cfg.train.checkpoint_every and done != epochs) or sub_rank != 0:
+        metrics = epoch_log.record(epoch, metrics)
+        if metrics is None or sub_rank != 0:
             return
-        metrics = {**metrics, **info, "started_epoch": start_epoch,
-                   "epoch_history": json.dumps(history), "worker_started_at": worker_started_at,
-                   "reported_at": time.time()}
-        history.clear()
+        done = epoch + 1
         with tempfile.TemporaryDirectory() as tmp:
             write_checkpoint_files(tmp, model, optimizer, objective, metrics, done)
             with open(os.path.join(tmp, "metrics.json"), "w") as fh:
@@ -265,8 +242,9 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
             save_checkpoint(job["dir"], done, tmp)
         maybe_fail(job.get("fail_once"), done)
 
-    fit(scorer, train_rows, val_rows, objective, epochs=epochs, batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, group_names=names, cache=cache,
+    fit(scorer, setup.train_rows, setup.val_rows, objective, epochs=epochs,
+        batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        group_names=setup.names, cache=setup.cache,
         seed=cfg.run.seed, device=device, start_epoch=start_epoch,
         optimizer_state=optimizer_state, on_epoch=on_epoch)
 

@@ -21,7 +21,6 @@ can prove that a failed worker resumes from its checkpoint (``FailureConfig``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import threading
@@ -53,36 +52,24 @@ def train_func(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from pafo_ray import progress
-    from pafo_ray.config import config_from_dict
-    from pafo_ray.data.schema import group_names
-    from pafo_ray.train.arrays import frame_from_shard, read_cache
-    from pafo_ray.train.build import build_model_and_rows
+    from pafo_ray.train.arrays import frame_from_shard
     from pafo_ray.train.frames import read_rows
-    from pafo_ray.train.loop import Objective, PairScorer, fit
-    from pafo_ray.train.targets import distill_targets
+    from pafo_ray.train.loop import PairScorer, fit
+    from pafo_ray.train.worker import EpochLog, set_up_job
 
-    worker_started_at = time.time()
-    cfg = config_from_dict(config["pipeline"])
+    started_at = time.time()
     job = config["job"]
-    layout = RunLayout.of(cfg)
-    names = group_names(cfg.prepare.num_groups)
-    cache = read_cache(layout.embed_cache()) if cfg.model.mode == "frozen" else None
-    if job.get("uris"):  # local mode: this process reads the parquet itself
-        train_frame, val_frame = (read_rows(job["uris"][k]) for k in ("train", "val"))
-    else:
-        train_frame = frame_from_shard(ray.train.get_dataset_shard("train"))
-        val_frame = frame_from_shard(ray.train.get_dataset_shard("val"))
-    if job.get("targets") is not None:
-        train_frame = distill_targets(train_frame, job["targets"], names)
-    model, train_rows, val_rows = build_model_and_rows(
-        cfg.model, layout.user_ids(), cache, train_frame, val_frame, group_names=names,
-        seed=cfg.run.seed, init_from=job.get("init_from"),
-        label_margin=cfg.train.use_margin)
+
+    def frames(cfg):
+        if job.get("uris"):  # local mode: this process reads the parquet itself
+            return tuple(read_rows(job["uris"][k]) for k in ("train", "val"))
+        return (frame_from_shard(ray.train.get_dataset_shard("train")),
+                frame_from_shard(ray.train.get_dataset_shard("val")))
+
+    setup = set_up_job(config["pipeline"], job, frames)
+    cfg, model, objective = setup.cfg, setup.model, setup.objective
     scorer = ray.train.torch.prepare_model(PairScorer(model))
     device = ray.train.torch.get_device()
-    objective = Objective(**job["objective"])
-    epochs = job.get("epochs") or cfg.train.epochs
     start_epoch, optimizer_state = 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -95,23 +82,13 @@ def train_func(config: dict) -> None:
             start_epoch, optimizer_state = state["epoch"], state["optimizer"]
             objective.load_state_dict(state.get("objective", {}))
     rank = ray.train.get_context().get_world_rank()
-
-    history: list = []
+    epoch_log = EpochLog(setup, job, rank, start_epoch, started_at)
 
     def on_epoch(epoch: int, metrics: dict, optimizer) -> None:
-        done = epoch + 1
-        history.append(epoch_record(metrics))
-        if rank == 0:  # the status line: where this job is (never waits, never raises)
-            progress.epoch(cfg.run.run_name, job.get("stage", ""), job["name"], done, epochs)
-        if done % cfg.train.checkpoint_every and done != epochs:
-            # A report is a round trip to the controller (~1-2 s with several trainers on 2
-            # cores, where an epoch of a head takes milliseconds): every epoch's metrics go
-            # with the next checkpoint's report instead (``epoch_history``).
+        metrics = epoch_log.record(epoch, metrics)
+        if metrics is None:
             return
-        # Wall-clock times on the worker: when this attempt started and when it reported.
-        metrics = {**metrics, "started_epoch": start_epoch, "epoch_history": json.dumps(history),
-                   "worker_started_at": worker_started_at, "reported_at": time.time()}
-        history.clear()
+        done = epoch + 1
         with _checkpoint_dir(job.get("checkpoint_root")) as tmp:
             if rank == 0:
                 write_checkpoint_files(tmp, model, optimizer, objective, metrics, done)
@@ -120,10 +97,10 @@ def train_func(config: dict) -> None:
             else:
                 ray.train.report(metrics)
 
-    fit(scorer, train_rows, val_rows, objective, epochs=epochs, batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, group_names=names, cache=cache,
-        seed=cfg.run.seed, device=device, start_epoch=start_epoch,
-        optimizer_state=optimizer_state, on_epoch=on_epoch)
+    fit(scorer, setup.train_rows, setup.val_rows, objective, epochs=setup.epochs,
+        batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        group_names=setup.names, cache=setup.cache, seed=cfg.run.seed, device=device,
+        start_epoch=start_epoch, optimizer_state=optimizer_state, on_epoch=on_epoch)
 
 
 def _checkpoint_dir(root: Optional[str]):
