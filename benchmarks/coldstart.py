@@ -13,8 +13,13 @@ a seeded random order, or the active choice) and is scored on its own test compa
 * mean        start from the mean user embedding (today's unknown-user rule), fit the offset
 * population  start from offset 0 (the shared population g), fit the offset
 * group       placed by the mixture posterior over the student's group vectors (each group's
-              population fitted through the student's W: group_vectors.json), start there
+              population fitted through the student's W: group_vectors.json), start there, or
+              at the start validation chose for that group (group_starts.json: the shared
+              population or the mean user, when it beat the group vector by more than an SE
+              on the group's seen users' validation rows)
 * group-active  the same, asking the comparisons the groups disagree on most, one at a time
+* group-vector  the same as group, always starting at the group's vector (the rule before
+              starts were chosen on validation)
 * group-meanoff the same as group with each group's mean user offset as its vector (the first
               rule, kept for comparison)
 
@@ -36,7 +41,7 @@ import numpy as np
 
 DEFAULT_OUT = "bench_out/coldstart"
 KS = (0, 1, 2, 5, 10)
-METHODS = ("mean", "population", "group", "group-active", "group-meanoff")
+METHODS = ("mean", "population", "group", "group-active", "group-vector", "group-meanoff")
 
 
 def _config(args, data_dir: str):
@@ -129,6 +134,7 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
         choose_next,
         fit_offset,
         group_margins,
+        group_start,
         group_vectors,
         place_user,
         posterior,
@@ -147,6 +153,12 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
                                 place=method, shrinkage=shrinkage)
             hits = _accuracy(model, placed.vector, *test)
             out[method][k] = (int(hits.sum()), len(hits), placed.group == lowest)
+            if method == "group":
+                pc, pr = (torch.from_numpy(a[chosen_rows]) for a in pool)
+                best = names.index(placed.group)
+                vector = fit_offset(model, pc, pr, vectors[best], shrinkage)
+                hits = _accuracy(model, vector, *test)
+                out["group-vector"][k] = (int(hits.sum()), len(hits), placed.group == lowest)
         if meanoff is not None:
             m_names, m_vectors, m_prior = meanoff
             pc, pr = (torch.from_numpy(a[chosen_rows]) for a in pool)
@@ -161,7 +173,8 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
             post = posterior(pool_margins[asked], prior)
         best = int(post.argmax())
         vector = fit_offset(model, torch.from_numpy(pool[0][asked]),
-                            torch.from_numpy(pool[1][asked]), vectors[best], shrinkage)
+                            torch.from_numpy(pool[1][asked]),
+                            group_start(model, names, vectors, best), shrinkage)
         hits = _accuracy(model, vector, *test)
         out["group-active"][k] = (int(hits.sum()), len(hits), names[best] == lowest)
     return out
@@ -214,6 +227,13 @@ def run(args) -> dict:
     meanoff = group_vectors(model)  # each group's mean user offset: the first rule
     model.group_vectors = stored
     cache = read_cache(ctx.run_dir.uri("embed", "cache"))
+    from pafo_ray.coldstart import choose_group_starts
+
+    chosen_starts = choose_group_starts(model, *heldout_free_val(ctx, model, cache))
+    if not model.group_starts:  # a run distilled before group_starts.json existed
+        model.set_group_starts({g: c["start"] for g, c in chosen_starts.items()
+                                if c["source"] != "group"})
+    starts = {g: {k: v for k, v in c.items() if k != "start"} for g, c in chosen_starts.items()}
     lowest = group_names(cfg.prepare.num_groups)[0]
     users = []
     for user, rows in heldout.groupby("user_id"):
@@ -245,8 +265,21 @@ def run(args) -> dict:
             for (kind, method, k), t in sorted(tallies.items())}
     return {"dataset": args.dataset, "seed": args.seed, "holdout": args.holdout,
             "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
-            "backbone": cfg.model.backbone,
+            "backbone": cfg.model.backbone, "starts": starts,
             "run": str(ctx.run_dir.root), "tables": tables}
+
+
+def heldout_free_val(ctx, model, cache) -> tuple:
+    """(φ_chosen, φ_rejected, group) of the validation rows of the student's (seen) users:
+    what the distill stage chose each group's start on."""
+    from pafo_ray.train.frames import read_frame
+
+    rows = read_frame(ctx.run_dir.prepared_rows("val"),
+                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
+    chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
+    rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
+    groups = rows["user_id"].astype(str).map(model.user_groups).to_numpy(dtype=object)
+    return chosen, rejected, groups
 
 
 def render(result: dict, command: str) -> str:
@@ -255,6 +288,11 @@ def render(result: dict, command: str) -> str:
              f"pipeline {result['train_seconds']} s)", "", f"Command: `{command}`", "",
              "Test accuracy of held-out users after k answered comparisons (pooled rows); "
              "in brackets: share of those users placed in the lowest-support group.", ""]
+    for group, c in (result.get("starts") or {}).items():
+        accuracy = ", ".join(f"{k} {100 * v:.1f}" for k, v in c["val_accuracy"].items())
+        lines.append(f"- start of group {group}: **{c['source']}** (validation accuracy of its "
+                     f"seen users, each start alone, {c['val_rows']} rows: {accuracy})")
+    lines.append("")
     for shrinkage, table in result["tables"].items():
         lines += _render_table(table, shrinkage)
     return "\n".join(lines) + "\n"

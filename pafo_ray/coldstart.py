@@ -13,7 +13,10 @@ comparisons ``(φ_chosen_i, φ_rejected_i)`` a new user is placed by the mixture
     p(k | answers) ∝ π_k · Π_i σ(r_k(chosen_i) − r_k(rejected_i)),   π_k = the group's user share,
 
 starts from ``v_k`` of the most probable group, and fits ``e = v_k + δ`` by Bradley–Terry on
-its answers with ``shrinkage · ||δ||²`` (the head held fixed). ``place="population"`` starts
+its answers with ``shrinkage · ||δ||²`` (the head held fixed). Where validation found a better
+start for a group than ``v_k`` (the shared population, or the mean user: the group's seen
+users scored with each start alone, a one-SE rule; :func:`choose_group_starts`, saved by the
+distill stage as ``group_starts.json``), a user placed there starts from that instead. ``place="population"`` starts
 from offset 0 and ``"mean"`` from the mean user (the fallbacks it is compared with).
 
 Active choice (:func:`choose_next`): from a pool of comparisons the user could be asked, the one
@@ -92,6 +95,57 @@ def fit_group_vectors(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tenso
         if bool(rows.any()):
             out[str(name)] = (fit_population(x[rows], l2).float() - g).tolist()
     return out
+
+
+# Candidates for a group's start, the group's own vector first (kept unless beaten).
+START_CANDIDATES = ("group", "shared", "mean_user")
+
+
+@torch.no_grad()
+def choose_group_starts(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tensor,
+                        row_groups, min_rows: int = 50) -> dict:
+    """Per group, where a new user placed in it starts, chosen on validation comparisons of
+    the group's (seen) users scored with each candidate alone — the cold start before any
+    answer: ``"group"`` (its fitted population, :func:`group_vectors`), ``"shared"`` (offset 0,
+    the student's shared population ``g``) or ``"mean_user"`` (the mean user offset). The
+    group's vector is kept unless another candidate's validation accuracy beats it by more
+    than one standard error of that accuracy (a one-SE rule: the pick of three noisy points
+    otherwise) or the group has fewer than ``min_rows`` validation rows.
+
+    Returns ``{group: {"source", "start" [K], "val_accuracy" {candidate: acc}, "val_rows"}}``.
+    """
+    names, vectors, _ = group_vectors(model)
+    table = model.head.user_embedding.weight.detach()
+    candidates = {"shared": torch.zeros(table.shape[1]), "mean_user": table.mean(dim=0)}
+    row_groups = np.asarray(row_groups, dtype=object)
+    out = {}
+    for name, vector in zip(names, vectors):
+        rows = torch.from_numpy(row_groups == name)
+        n = int(rows.sum())
+        starts = {"group": vector, **candidates}
+        accuracy = {}
+        if n:
+            margins = group_margins(model, phi_chosen[rows].float(), phi_rejected[rows].float(),
+                                    torch.stack([starts[c] for c in START_CANDIDATES]))
+            accuracy = {c: float((margins[:, i] > 0).double().mean())
+                        for i, c in enumerate(START_CANDIDATES)}
+        source = "group"
+        if n >= min_rows:
+            se = (accuracy["group"] * (1 - accuracy["group"]) / n) ** 0.5
+            best = max(START_CANDIDATES, key=lambda c: accuracy[c])
+            if accuracy[best] > accuracy["group"] + se:
+                source = best
+        out[name] = {"source": source, "start": starts[source].tolist(),
+                     "val_accuracy": accuracy, "val_rows": n}
+    return out
+
+
+def group_start(model, names: list, vectors: torch.Tensor, index: int) -> torch.Tensor:
+    """Where a user placed in group ``names[index]`` starts: the start validation chose
+    (``model.group_starts``, :func:`choose_group_starts`) or the group's vector."""
+    stored = getattr(model, "group_starts", None) or {}
+    start = stored.get(names[index])
+    return vectors[index] if start is None else torch.tensor(start, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -186,7 +240,8 @@ def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
         names, vectors, prior = group_vectors(model)
         post = posterior(group_margins(model, phi_chosen, phi_rejected, vectors), prior)
         best = int(post.argmax())
-        result = Placement(place, names[best], dict(zip(names, post.tolist())), vectors[best])
+        result = Placement(place, names[best], dict(zip(names, post.tolist())),
+                           group_start(model, names, vectors, best))
     elif place == "population":
         result = Placement(place, None, start=torch.zeros(table.shape[1]))
     else:

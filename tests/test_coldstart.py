@@ -164,3 +164,45 @@ def test_fitted_group_populations_recover_planted_groups_and_round_trip(tmp_path
     assert placed.group == "minority", placed.posterior
     with pytest.raises(ValueError, match="3 values"):
         loaded.set_group_vectors({"x": [1.0, 2.0, 3.0]})
+
+
+def test_a_group_start_is_moved_only_when_validation_says_so(tmp_path):
+    """choose_group_starts: the hand model's minority group vector (-2, 1.5) is right for
+    users who answer as the minority, and kept; when the group's seen users answer as the
+    shared population g = (1, 0), the start moves to offset 0 (more than an SE better); with
+    fewer than ``min_rows`` validation rows it never moves. A moved start is where a user
+    placed in that group starts, and it survives save/load."""
+    from pafo_ray.coldstart import choose_group_starts
+
+    rng = np.random.default_rng(3)
+    model = hand_model()
+    maj_c, maj_r = pairs(rng, 300, MAJORITY)
+    min_c, min_r = pairs(rng, 300, MINORITY)
+    groups = np.array(["majority"] * 300 + ["minority"] * 300, dtype=object)
+    chosen = torch.from_numpy(np.concatenate([maj_c, min_c]))
+    rejected = torch.from_numpy(np.concatenate([maj_r, min_r]))
+    kept = choose_group_starts(model, chosen, rejected, groups)
+    assert {g: c["source"] for g, c in kept.items()} == {"majority": "group", "minority": "group"}
+    assert kept["minority"]["val_accuracy"]["group"] == 1.0 and kept["minority"]["val_rows"] == 300
+    assert kept["minority"]["val_accuracy"]["shared"] < 0.9
+
+    # The minority group's seen users answer like g: offset 0 serves them, the vector does not.
+    like_g = np.array(["majority"] * 300 + ["minority"] * 300, dtype=object)
+    chosen = torch.from_numpy(np.concatenate([maj_c, maj_c]))
+    rejected = torch.from_numpy(np.concatenate([maj_r, maj_r]))
+    moved = choose_group_starts(model, chosen, rejected, like_g)
+    assert moved["minority"]["source"] == "shared" and moved["majority"]["source"] == "group"
+    assert moved["minority"]["start"] == [0.0, 0.0]
+    few = choose_group_starts(model, chosen[:340], rejected[:340], like_g[:340])
+    assert few["minority"]["source"] == "group" and few["minority"]["val_rows"] == 40
+
+    model.set_group_starts({"minority": moved["minority"]["start"]})
+    model.save_pretrained(tmp_path / "m")
+    loaded = RewardModel.from_pretrained(tmp_path / "m")
+    assert loaded.group_starts == {"minority": [0.0, 0.0]}
+    c, r = pairs(rng, 5, MINORITY)
+    placed = place_user(loaded, c, r, place="group")
+    assert placed.group == "minority"
+    torch.testing.assert_close(placed.start, torch.zeros(K))
+    with pytest.raises(ValueError, match="3 values"):
+        loaded.set_group_starts({"minority": [0.0, 0.0, 0.0]})

@@ -333,6 +333,17 @@ def test_margins_and_distill_stages(teachers_run):
     final = run_dir.users().set_index("user_id")["group"]
     assert student.user_groups and set(student.user_groups.values()) == set(NAMES)
     assert all(final[u] == g for u, g in student.user_groups.items())
+    # ...and each group's start, chosen on its users' validation rows (summary), saved only
+    # where it is not the group's vector.
+    starts = distill["cold_start_starts"]["student"]
+    assert set(starts) == set(NAMES) and set(student.group_vectors) == set(NAMES)
+    from pafo_ray.train.frames import read_frame
+
+    val_groups = read_frame(run_dir.prepared_rows("val"), columns=["user_id"])["user_id"].map(final)
+    for g, c in starts.items():
+        assert c["val_rows"] == int((val_groups == g).sum()) > 0, (g, c)
+        assert set(c["val_accuracy"]) == {"group", "shared", "mean_user"}
+        assert (g in student.group_starts) == (c["source"] != "group"), (g, c)
 
 
 def test_teacher_init_picks_the_finetuned_set_and_its_stats():

@@ -11,6 +11,9 @@ Saved folder (no pickle; one folder that loads anywhere)::
                         vectors of the fair cold start (pafo_ray.coldstart)
     group_vectors.json  optional: {group: [K] start offset}, each group's population fitted in
                         this head's basis by the distill stage (pafo_ray.coldstart)
+    group_starts.json   optional: {group: [K] offset} where a new user placed in the group
+                        starts, when validation chose another start than its group vector
+                        (pafo_ray.coldstart.choose_group_starts)
     backbone/           finetune mode: the trained HF model + tokenizer (save_pretrained);
                         frozen mode: a copy of the frozen backbone when saved with
                         ``include_backbone=True`` — otherwise ``backbone_ref`` pins it by name
@@ -50,6 +53,7 @@ WEIGHTS_NAME = "model.safetensors"
 USERS_NAME = "user_ids.json"
 GROUPS_NAME = "user_groups.json"
 GROUP_VECTORS_NAME = "group_vectors.json"
+GROUP_STARTS_NAME = "group_starts.json"
 BACKBONE_DIR = "backbone"
 COLD_START = ("mean", "population")
 MODEL_TYPE = "pafo_reward"  # config.json's model_type (pafo_ray.models.hf_config registers it)
@@ -94,6 +98,8 @@ class RewardModel(nn.Module):
         self.user_groups: dict[str, str] = {}
         # group name -> [K] start offset of the fair cold start (fitted group populations).
         self.group_vectors: dict[str, list] = {}
+        # group name -> [K] start chosen on validation where it is not the group's vector.
+        self.group_starts: dict[str, list] = {}
         self.backbone_ref: Optional[dict] = None  # the pinned backbone a loaded model names
         self._loaded_backbone: Optional[str] = None  # backbone/ of the folder it loaded from
         if model_cfg.mode == "finetune":
@@ -252,13 +258,21 @@ class RewardModel(nn.Module):
                             if str(u) in self._rows and g is not None and g == g}
 
     def set_group_vectors(self, vectors: dict, source: str = "group vectors") -> None:
-        """``{group: [K] offset}``: the cold start's group starts (see pafo_ray.coldstart)."""
+        """``{group: [K] offset}``: the cold start's group populations (see pafo_ray.coldstart)."""
+        self.group_vectors = self._offsets(vectors, source)
+
+    def set_group_starts(self, starts: dict, source: str = "group starts") -> None:
+        """``{group: [K] offset}``: where a new user placed in the group starts, when that is
+        not the group's vector (chosen on validation: pafo_ray.coldstart.choose_group_starts)."""
+        self.group_starts = self._offsets(starts, source)
+
+    def _offsets(self, vectors: dict, source: str) -> dict:
         rank = self.head.user_embedding.weight.shape[1]
         for group, vector in vectors.items():
             if len(vector) != rank:
                 raise ValueError(f"{source}: group {group!r} has {len(vector)} values, the "
                                  f"user table is {rank} wide")
-        self.group_vectors = {str(g): [float(v) for v in vec] for g, vec in vectors.items()}
+        return {str(g): [float(v) for v in vec] for g, vec in vectors.items()}
 
     def add_user(self, user_id: str, vector: torch.Tensor) -> int:
         """Append a user row holding ``vector [K]`` (its offset e_u); returns its row."""
@@ -323,6 +337,8 @@ class RewardModel(nn.Module):
             (directory / GROUPS_NAME).write_text(json.dumps(self.user_groups))
         if self.group_vectors:
             (directory / GROUP_VECTORS_NAME).write_text(json.dumps(self.group_vectors))
+        if self.group_starts:
+            (directory / GROUP_STARTS_NAME).write_text(json.dumps(self.group_starts))
         config = {"model_type": MODEL_TYPE, "architectures": ["PafoRewardModel"],
                   "format_version": FORMAT_VERSION, "model": dataclasses.asdict(self.model_cfg),
                   "input_dim": self.input_dim, "num_users": len(self.user_ids),
@@ -420,4 +436,7 @@ class RewardModel(nn.Module):
         if (directory / GROUP_VECTORS_NAME).exists():
             model.set_group_vectors(json.loads((directory / GROUP_VECTORS_NAME).read_text()),
                                     source=str(directory / GROUP_VECTORS_NAME))
+        if (directory / GROUP_STARTS_NAME).exists():
+            model.set_group_starts(json.loads((directory / GROUP_STARTS_NAME).read_text()),
+                                   source=str(directory / GROUP_STARTS_NAME))
         return model.to(map_location)

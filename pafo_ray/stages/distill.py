@@ -5,8 +5,9 @@ Loss per row: ``w_g [BT + λ·D(m_S, m_T)]`` (on unlabelled comparisons, ``disti
 group's teacher (see pafo_ray.train.targets). The weights come from ``distill.*``, or
 from the tune stage's chosen trial when one exists and ``distill.use_tuned`` is on.
 Output: ``distill/student/`` (a saved RewardModel, with ``user_groups.json``: each user's
-final group from the groups stage, and ``group_vectors.json``: each group's population in the
-student's basis — what the fair cold start needs).
+final group from the groups stage, ``group_vectors.json``: each group's population in the
+student's basis, and ``group_starts.json`` where validation chose another start for a group —
+what the fair cold start needs).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def margin_uris(run_dir, split: str, distill: DistillConfig | None = None) -> li
     return uris
 
 
-def write_user_groups(ctx: StageContext, outputs: list) -> None:
+def write_user_groups(ctx: StageContext, outputs: list) -> dict:
     """``user_groups.json`` ({user_id: group}) into each saved model folder (see
-    pafo_ray.models.reward_model); nothing when groups are row-level (a user has no one group)."""
+    pafo_ray.models.reward_model), and the cold start's group vectors and starts; nothing when
+    groups are row-level (a user has no one group). Returns the starts chosen per model."""
     import json
 
     from pafo_ray.models.reward_model import GROUPS_NAME
@@ -62,43 +64,61 @@ def write_user_groups(ctx: StageContext, outputs: list) -> None:
     users = ctx.run_dir.users()
     users = users[users["group"].notna()]
     if users.empty:
-        return
+        return {}
     mapping = dict(zip(users["user_id"].astype(str), users["group"].astype(str)))
     for uri in outputs:
         ctx.run_dir.write_file(join(uri, GROUPS_NAME), json.dumps(mapping, indent=1).encode())
-    write_group_vectors(ctx, outputs, mapping)
+    return write_group_vectors(ctx, outputs, mapping)
 
 
-def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> None:
+def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> dict:
     """``group_vectors.json`` ({group: [K] offset}) into each saved model folder: each group's
     population fitted through the student's own W on its users' training rows — the fair cold
-    start's group starts (pafo_ray.coldstart.fit_group_vectors). Frozen mode only: the
-    embedding cache is the student's φ there (finetune mode keeps the mean-offset fallback)."""
+    start's group vectors (pafo_ray.coldstart.fit_group_vectors); and ``group_starts.json``
+    where validation chose another start for a group (pafo_ray.coldstart.choose_group_starts,
+    on the validation rows of the group's users). Frozen mode only: the embedding cache is the
+    student's φ there (finetune mode keeps the mean-offset fallback). Returns, per model
+    folder, each group's chosen start and its validation accuracies."""
     import json
 
     import numpy as np
 
-    from pafo_ray.coldstart import fit_group_vectors
+    from pafo_ray.coldstart import choose_group_starts, fit_group_vectors
     from pafo_ray.models import RewardModel
-    from pafo_ray.models.reward_model import GROUP_VECTORS_NAME
+    from pafo_ray.models.reward_model import GROUP_STARTS_NAME, GROUP_VECTORS_NAME
     from pafo_ray.storage import join
     from pafo_ray.train.arrays import read_cache
     from pafo_ray.train.frames import read_frame
 
     if ctx.cfg.model.mode != "frozen" or ctx.cfg.model.head != "lowrank":
-        return
-    rows = read_frame(ctx.run_dir.prepared_rows("train"),
-                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
+        return {}
     cache = read_cache(ctx.run_dir.embed_cache())
-    chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
-    rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
-    groups = rows["user_id"].astype(str).map(mapping).to_numpy(dtype=object)
+
+    def comparisons(split: str) -> tuple:
+        rows = read_frame(ctx.run_dir.prepared_rows(split),
+                          columns=["user_id", "chosen_text_id", "rejected_text_id"])
+        chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
+        rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
+        return chosen, rejected, rows["user_id"].astype(str).map(mapping).to_numpy(dtype=object)
+
+    train, val = comparisons("train"), comparisons("val")
+    chosen_starts = {}
     for uri in outputs:
         model = RewardModel.from_pretrained(uri)
-        vectors = fit_group_vectors(model, chosen, rejected, groups)
-        if vectors:
-            ctx.run_dir.write_file(join(uri, GROUP_VECTORS_NAME),
-                                   json.dumps(vectors, indent=1).encode())
+        vectors = fit_group_vectors(model, *train)
+        if not vectors:
+            continue
+        ctx.run_dir.write_file(join(uri, GROUP_VECTORS_NAME),
+                               json.dumps(vectors, indent=1).encode())
+        model.set_group_vectors(vectors)
+        starts = choose_group_starts(model, *val)
+        moved = {g: c["start"] for g, c in starts.items() if c["source"] != "group"}
+        if moved:
+            ctx.run_dir.write_file(join(uri, GROUP_STARTS_NAME),
+                                   json.dumps(moved, indent=1).encode())
+        chosen_starts[uri.rstrip("/").rsplit("/", 1)[-1]] = {
+            g: {k: v for k, v in c.items() if k != "start"} for g, c in starts.items()}
+    return chosen_starts
 
 
 def run(ctx: StageContext) -> dict:
@@ -116,13 +136,13 @@ def run(ctx: StageContext) -> dict:
                              run_dir.student_model("student_default"),
                              targets=targets_for(ctx, cfg.distill)))
     results = run_jobs(cfg, run_dir, NAME, jobs, stage_hash(ctx, NAME))
-    write_user_groups(ctx, [job.output for job in jobs])
+    cold_start = write_user_groups(ctx, [job.output for job in jobs])
     changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()
                          if getattr(getattr(cfg, section), k) != v}
                for section in ("train", "model")}
     return {"student": results["student"], "student_default": results.get("student_default"),
             "settings": dataclasses.asdict(chosen.distill), "train": changed["train"],
-            "model": changed["model"], "origin": origin}
+            "model": changed["model"], "origin": origin, "cold_start_starts": cold_start}
 
 
 def describe(summary: dict) -> str:
