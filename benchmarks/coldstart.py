@@ -270,7 +270,7 @@ def run(args) -> dict:
 
 
 def heldout_free_val(ctx, model, cache) -> tuple:
-    """(φ_chosen, φ_rejected, group) of the validation rows of the student's (seen) users:
+    """(φ_chosen, φ_rejected, group, user) of the validation rows of the student's (seen) users:
     what the distill stage chose each group's start on."""
     from pafo_ray.train.frames import read_frame
 
@@ -278,8 +278,8 @@ def heldout_free_val(ctx, model, cache) -> tuple:
                       columns=["user_id", "chosen_text_id", "rejected_text_id"])
     chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
     rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
-    groups = rows["user_id"].astype(str).map(model.user_groups).to_numpy(dtype=object)
-    return chosen, rejected, groups
+    users = rows["user_id"].astype(str)
+    return chosen, rejected, users.map(model.user_groups).to_numpy(dtype=object), users.to_numpy()
 
 
 def render(result: dict, command: str) -> str:
@@ -290,8 +290,9 @@ def render(result: dict, command: str) -> str:
              "in brackets: share of those users placed in the lowest-support group.", ""]
     for group, c in (result.get("starts") or {}).items():
         accuracy = ", ".join(f"{k} {100 * v:.1f}" for k, v in c["val_accuracy"].items())
+        se = "" if c.get("se") is None else f"; one SE by user {100 * c['se']:.2f}"
         lines.append(f"- start of group {group}: **{c['source']}** (validation accuracy of its "
-                     f"seen users, each start alone, {c['val_rows']} rows: {accuracy})")
+                     f"seen users, each start alone, {c['val_rows']} rows: {accuracy}{se})")
     lines.append("")
     for shrinkage, table in result["tables"].items():
         lines += _render_table(table, shrinkage)

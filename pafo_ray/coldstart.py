@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from pafo_ray.grouping import ridge_newton
+from pafo_ray.metrics import accuracy_se
 
 PLACES = ("group", "population", "mean")
 # The pull of a new user's offset towards its start. Chosen on builtin-80 seed 0 (grid 0.1, 1,
@@ -103,14 +104,16 @@ START_CANDIDATES = ("group", "shared", "mean_user")
 
 @torch.no_grad()
 def choose_group_starts(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tensor,
-                        row_groups, min_rows: int = 50) -> dict:
+                        row_groups, row_users=None, min_rows: int = 50) -> dict:
     """Per group, where a new user placed in it starts, chosen on validation comparisons of
     the group's (seen) users scored with each candidate alone — the cold start before any
     answer: ``"group"`` (its fitted population, :func:`group_vectors`), ``"shared"`` (offset 0,
     the student's shared population ``g``) or ``"mean_user"`` (the mean user offset). The
     group's vector is kept unless another candidate's validation accuracy beats it by more
     than one standard error of that accuracy (a one-SE rule: the pick of three noisy points
-    otherwise) or the group has fewer than ``min_rows`` validation rows.
+    otherwise; clustered by user when ``row_users`` gives each row's user, as a user's rows
+    are not independent: :func:`pafo_ray.metrics.accuracy_se`) or the group has fewer than
+    ``min_rows`` validation rows.
 
     Returns ``{group: {"source", "start" [K], "val_accuracy" {candidate: acc}, "val_rows"}}``.
     """
@@ -131,12 +134,15 @@ def choose_group_starts(model, phi_chosen: torch.Tensor, phi_rejected: torch.Ten
                         for i, c in enumerate(START_CANDIDATES)}
         source = "group"
         if n >= min_rows:
-            se = (accuracy["group"] * (1 - accuracy["group"]) / n) ** 0.5
+            hits = (margins[:, 0] > 0).numpy()
+            se = accuracy_se(hits, None if row_users is None
+                             else np.asarray(row_users, dtype=object)[rows.numpy()])
             best = max(START_CANDIDATES, key=lambda c: accuracy[c])
             if accuracy[best] > accuracy["group"] + se:
                 source = best
         out[name] = {"source": source, "start": starts[source].tolist(),
-                     "val_accuracy": accuracy, "val_rows": n}
+                     "val_accuracy": accuracy, "val_rows": n,
+                     "se": se if n >= min_rows else None}
     return out
 
 

@@ -16,8 +16,9 @@ metric per method and the paired comparison with vanilla in :mod:`pafo_ray.compa
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,23 @@ def user_support_spearman(df: pd.DataFrame) -> float:
     per_user_frame = frame.groupby("user_id").agg(support=("user_support", "mean"),
                                                   accuracy=("correct", "mean"))
     return spearman(per_user_frame["support"], per_user_frame["accuracy"])
+
+
+def accuracy_se(correct: Sequence[float], cluster: Optional[Sequence] = None) -> float:
+    """Standard error of an accuracy, the mean ``p`` of 0/1 ``correct`` ``[n]``.
+
+    Without ``cluster``: binomial, ``√(p (1 − p) / n)``. With ``cluster`` ``[n]`` (the user of
+    each row), the cluster-robust (sandwich) SE, since a user's rows are not independent:
+    ``√(G / (G − 1) · Σ_u (Σ_{i∈u} (c_i − p))²) / n`` over the ``G`` users (binomial when
+    ``G < 2``). NaN for no rows.
+    """
+    values = np.asarray(correct, dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan
+    p = float(values.mean())
+    if cluster is None or len(set(cluster)) < 2:
+        return math.sqrt(p * (1 - p) / n)
+    residual = pd.Series(values - p).groupby(np.asarray(cluster)).sum()
+    clusters = len(residual)
+    return math.sqrt(clusters / (clusters - 1) * float((residual ** 2).sum())) / n

@@ -195,6 +195,15 @@ def test_a_group_start_is_moved_only_when_validation_says_so(tmp_path):
     assert moved["minority"]["start"] == [0.0, 0.0]
     few = choose_group_starts(model, chosen[:340], rejected[:340], like_g[:340])
     assert few["minority"]["source"] == "group" and few["minority"]["val_rows"] == 40
+    # The SE is clustered by user when the rows' users are given: 2 users of 150 rows each,
+    # one all right, one all wrong under the group vector, can move nothing.
+    mixed_c = torch.from_numpy(np.concatenate([maj_c, min_c[:150], maj_c[:150]]))
+    mixed_r = torch.from_numpy(np.concatenate([maj_r, min_r[:150], maj_r[:150]]))
+    users = np.array([f"m{i % 30}" for i in range(300)] + ["a"] * 150 + ["b"] * 150, dtype=object)
+    by_row = choose_group_starts(model, mixed_c, mixed_r, groups)["minority"]
+    by_user = choose_group_starts(model, mixed_c, mixed_r, groups, users)["minority"]
+    assert by_row["val_accuracy"] == by_user["val_accuracy"]
+    assert by_user["se"] > 10 * by_row["se"] and by_user["source"] == "group"
 
     model.set_group_starts({"minority": moved["minority"]["start"]})
     model.save_pretrained(tmp_path / "m")

@@ -15,6 +15,8 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from pafo_ray.metrics import accuracy_se  # noqa: F401 - the rule's SE; re-exported
+
 OBJECTIVES = ("val_majority_accuracy", "val_minority_accuracy")
 # How the trial is picked among the front members that meet the majority constraint
 # (tune.selection): the highest validation minority accuracy; the most conservative within one
@@ -108,26 +110,6 @@ def _describe(trial: dict, objectives: Sequence[str]) -> str:
     name = trial.get("trial_id", "?")
     scores = ", ".join(f"{obj}={trial[obj]:.4f}" for obj in objectives)
     return f"trial {name} ({scores})"
-
-
-def accuracy_se(correct: Sequence[float], cluster: Optional[Sequence] = None) -> float:
-    """Standard error of an accuracy, the mean ``p`` of 0/1 ``correct`` ``[n]``.
-
-    Without ``cluster``: binomial, ``√(p (1 − p) / n)``. With ``cluster`` ``[n]`` (the user of
-    each row), the cluster-robust (sandwich) SE, since a user's rows are not independent:
-    ``√(G / (G − 1) · Σ_u (Σ_{i∈u} (c_i − p))²) / n`` over the ``G`` users (binomial when
-    ``G < 2``). NaN for no rows.
-    """
-    values = np.asarray(correct, dtype=float)
-    n = len(values)
-    if n == 0:
-        return math.nan
-    p = float(values.mean())
-    if cluster is None or len(set(cluster)) < 2:
-        return math.sqrt(p * (1 - p) / n)
-    residual = pd.Series(values - p).groupby(np.asarray(cluster)).sum()
-    clusters = len(residual)
-    return math.sqrt(clusters / (clusters - 1) * float((residual ** 2).sum())) / n
 
 
 def select(trials: Trials, *, baseline_majority: float, epsilon: float = 0.0,

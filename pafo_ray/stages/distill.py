@@ -99,9 +99,10 @@ def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> dict
                           columns=["user_id", "chosen_text_id", "rejected_text_id"])
         chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
         rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
-        return chosen, rejected, rows["user_id"].astype(str).map(mapping).to_numpy(dtype=object)
+        users = rows["user_id"].astype(str)
+        return chosen, rejected, users.map(mapping).to_numpy(dtype=object), users.to_numpy()
 
-    train, val = comparisons("train"), comparisons("val")
+    (*train, _), val = comparisons("train"), comparisons("val")
     chosen_starts = {}
     for uri in outputs:
         model = RewardModel.from_pretrained(uri)
