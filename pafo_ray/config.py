@@ -286,6 +286,10 @@ class TrainConfig:
                          "students) in one TorchTrainer: one worker-group start-up for all, each "
                          "job on its own train.num_workers ranks reading its rows directly. Off: "
                          "one TorchTrainer per job with Ray Data shards (ingest_cpus reserved).")
+    run_pool: bool = _f(True, "On a local Ray of this process, one-rank CPU jobs of every stage "
+                        "that trains (teachers ‖ baselines, distill) share ONE Ray Train worker "
+                        "group kept up for the run (pafo_ray.train.runpool): one worker-group "
+                        "start-up instead of one a stage. Off, or on a cluster: one a stage.")
     pool_workers: int = _f(0, "Workers of a pooled trainer whose jobs have one rank each "
                            "(train.num_workers=1): at most this many, each training its jobs in "
                            "turn. 0: one per core of the cluster (a local Ray: this machine's "

@@ -127,6 +127,12 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def local_cores() -> "int | None":
+    """This machine's cores (at most the local Ray's CPUs) when this process started a local
+    Ray; None when it joined a cluster or started none."""
+    return _LOCAL_CORES
+
+
 def data_parallelism() -> int:
     """Shuffle partitions and aggregators: the cluster's CPUs, or the machine's cores when
     this process started a local Ray (whose logical CPUs may be raised above them)."""

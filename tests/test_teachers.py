@@ -251,6 +251,49 @@ def test_pooled_results_equal_one_trainer_per_job(prepared, real_workers):
             assert c[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
 
 
+@pytest.mark.slow
+def test_one_run_pool_trains_two_stages_in_turn(prepared, real_workers):
+    """train.run_pool: two runs' teachers stages trained by ONE Ray Train worker group that
+    stays up between them (pafo_ray.train.runpool); vanilla's injected failure is retried in
+    its worker from its checkpoint; the models equal the pooled trainer's (same seed); the
+    group ends when the pool closes."""
+    import dataclasses
+
+    from pafo_ray.train import runpool
+    from pafo_ray.train.ray_train import FAIL_ENV
+
+    _, pooled = real_workers
+    extra = {"train.num_workers": 1, "train.max_failures": 1, "train.pool_workers": 2,
+             "train.ingest_cpus": 0}
+    base = prepared.base.cfg
+    cfg = dataclasses.replace(base, train=dataclasses.replace(
+        base.train, num_workers=1, max_failures=1, pool_workers=2, ingest_cpus=0))
+    with runpool.opened(cfg):
+        pool = runpool.active()
+        assert pool is not None and pool.width == 2 and pool.thread is None  # started lazily
+        os.environ[FAIL_ENV] = f"vanilla:{FAIL_AFTER}"
+        try:
+            _, first = prepared("runpool_a", **extra)
+        finally:
+            del os.environ[FAIL_ENV]
+        assert pool.thread.is_alive() and not pool.ended.is_set()  # up between the stages
+        _, second = prepared("runpool_b", **extra)
+    assert pool.ended.wait(60) and pool.error is None, pool.error
+    assert runpool.active() is None
+    metrics = {(run, name): summary["jobs"][name]["metrics"]
+               for run, summary in (("a", first), ("b", second)) for name in ("vanilla", *GROUPS)}
+    experiments = {m["experiment"] for m in metrics.values()}
+    assert len(experiments) == 1 and next(iter(experiments)).startswith("runpool-"), experiments
+    assert {m["world_size"] for m in metrics.values()} == {2}
+    assert (metrics["a", "vanilla"]["attempt"], metrics["a", "vanilla"]["started_epoch"]) == \
+        (1, FAIL_AFTER)
+    assert metrics["b", "vanilla"]["attempt"] == 0
+    for (run, name), m in metrics.items():
+        expected = pooled["jobs"][name]["metrics"]
+        for key in ("train_loss", "val_accuracy", "val_margin_mean"):
+            assert m[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), (run, name, key)
+
+
 def test_failed_worker_resumes_from_its_checkpoint(prepared, real_workers):
     ctx, summary = real_workers
     epochs = ctx.cfg.train.epochs

@@ -164,36 +164,68 @@ def run_with_upstream(ctx: StageContext, name: str, *, force: bool = False) -> d
 
 
 def run_pipeline(ctx: StageContext, stages: list | None = None) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
-
     chosen = stages or [s for s in ORDER if is_active(ctx.cfg, s)]
     unknown = [s for s in chosen if s not in ORDER]
     if unknown:
         raise ValueError(f"unknown stage {unknown[0]!r}; stages are {ORDER}")
     force = ctx.cfg.run.force
     results: dict = {}
-    for name in chosen:
-        if name in results:
-            continue
-        together = [s for s in CONCURRENT if s in chosen] if name in CONCURRENT else [name]
-        if len(together) == 1:
-            results[name] = run_stage(ctx, name, force=force)
-            continue
-        for s in together:
-            stage_hash(ctx, s)  # fill the hash cache before threads share it
-        _print_concurrent_plan(ctx, [s for s in together if force or not is_done(ctx, s)])
-        with _side_by_side(ctx, together) as withdraw, \
-                ThreadPoolExecutor(max_workers=len(together)) as pool:
-
-            def run_one(stage: str) -> dict:
-                try:
-                    return run_stage(ctx, stage, force=force)
-                finally:
-                    withdraw(stage)
-
-            futures = {s: pool.submit(run_one, s) for s in together}
-            results.update({s: f.result() for s, f in futures.items()})
+    with _run_pool(ctx, chosen, force) as after_stage:
+        for name in chosen:
+            if name in results:
+                continue
+            _run_next(ctx, name, chosen, force, results)
+            after_stage(results)
     return results
+
+
+def _run_next(ctx: StageContext, name: str, chosen: list, force: bool, results: dict) -> None:
+    """Run stage ``name`` (and the stages that run beside it) into ``results``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    together = [s for s in CONCURRENT if s in chosen] if name in CONCURRENT else [name]
+    if len(together) == 1:
+        results[name] = run_stage(ctx, name, force=force)
+        return
+    for s in together:
+        stage_hash(ctx, s)  # fill the hash cache before threads share it
+    _print_concurrent_plan(ctx, [s for s in together if force or not is_done(ctx, s)])
+    with _side_by_side(ctx, together) as withdraw, \
+            ThreadPoolExecutor(max_workers=len(together)) as pool:
+
+        def run_one(stage: str) -> dict:
+            try:
+                return run_stage(ctx, stage, force=force)
+            finally:
+                withdraw(stage)
+
+        futures = {s: pool.submit(run_one, s) for s in together}
+        results.update({s: f.result() for s, f in futures.items()})
+
+
+def _run_pool(ctx: StageContext, chosen: list, force: bool):
+    """One worker group for the run's stages that train (:mod:`pafo_ray.train.runpool`) when
+    at least two of them (teachers ‖ baselines counting as one) have work to do; it closes
+    once the last of them is done. Yields ``after_stage(results)``."""
+    import contextlib
+
+    from pafo_ray.train import runpool
+
+    todo = [s for s in chosen if s in runpool.TRAINING_STAGES
+            and ctx.cfg.train.num_workers > 0 and (force or not is_done(ctx, s))]
+    rounds = {("teachers" if s in CONCURRENT else s) for s in todo}
+    if len(rounds) < 2:
+        return contextlib.nullcontext(lambda results: None)
+
+    @contextlib.contextmanager
+    def scope():
+        with runpool.opened(ctx.cfg) as mine:
+            def after_stage(results: dict) -> None:
+                if mine and all(s in results for s in todo):
+                    runpool.close()  # the later stages get its CPUs back
+            yield after_stage
+
+    return scope()
 
 
 def _side_by_side(ctx: StageContext, stages: list):

@@ -61,6 +61,45 @@ def pool_width(tc) -> Optional[int]:
     return max(1, int(data_parallelism() // max(1.0, tc.cpus_per_worker)))
 
 
+def job_payloads(entries: list) -> tuple:
+    """``(payloads, pipelines)`` of ``entries``: what a pooled worker needs of each job (its
+    rows, stage, checkpoint folder — its old error file removed — and failure settings), and
+    each job's pipeline config."""
+    from pafo_ray.train.runtime import fail_once, job_payload
+
+    payloads, pipelines = [], []
+    for e in entries:
+        payload = job_payload(e.job)
+        payload["uris"] = {"train": e.job.train, "val": e.job.val}
+        payload["stage"] = e.stage
+        payload["dir"] = job_dir(e.layout.ray_storage(e.stage), e.job.name, e.run_hash)
+        payload["max_failures"] = e.cfg.train.max_failures
+        payload["fail_once"] = fail_once(e.layout, e.stage, e.job, e.run_hash)
+        remove_file(join(payload["dir"], ERROR))
+        payloads.append(payload)
+        pipelines.append(e.job.config or e.cfg.to_dict())
+    return payloads, pipelines
+
+
+def collect_results(entries: list, payloads: list, pipelines: list, started: float) -> dict:
+    """After the workers ran ``entries``: each job's error (raised, naming the jobs) or its
+    final checkpoint's model copied to its output; ``{stage: {job: result}}``."""
+    tc = entries[0].cfg.train
+    failed = [(e, read_text(join(p["dir"], ERROR))) for e, p in zip(entries, payloads)]
+    failed = [(e, text) for e, text in failed if text]
+    if failed:
+        raise RuntimeError("; ".join(f"{e.stage}/{e.job.name}: failed {tc.max_failures + 1} "
+                                     f"time(s), last: {text.splitlines()[0]}"
+                                     for e, text in failed))
+    finished = time.time()
+    results: dict = {}
+    for e, payload, pipeline in zip(entries, payloads, pipelines):
+        epochs = e.job.epochs or pipeline["train"]["epochs"]
+        results.setdefault(e.stage, {})[e.job.name] = _collect(e, payload["dir"], epochs,
+                                                               started, finished)
+    return results
+
+
 def fit_pooled(entries: list) -> dict:
     """Fit ``entries`` in one ``TorchTrainer``: ``train.num_workers`` ranks a job, or, for
     one-rank jobs, at most :func:`pool_width` workers that train their jobs in turn;
@@ -68,27 +107,12 @@ def fit_pooled(entries: list) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pafo_ray.train.runtime import (
-        fail_once,
-        is_startup_failure,
-        job_payload,
-        startup_message,
-    )
+    from pafo_ray.train.runtime import is_startup_failure, startup_message
 
     first = entries[0]
     tc = first.cfg.train
     started = time.time()
-    payloads, pipelines = [], []
-    for e in entries:
-        payload = job_payload(e.job)
-        payload["uris"] = {"train": e.job.train, "val": e.job.val}
-        payload["stage"] = e.stage
-        payload["dir"] = job_dir(e.layout.ray_storage(e.stage), e.job.name, e.run_hash)
-        payload["max_failures"] = tc.max_failures
-        payload["fail_once"] = fail_once(e.layout, e.stage, e.job, e.run_hash)
-        remove_file(join(payload["dir"], ERROR))
-        payloads.append(payload)
-        pipelines.append(e.job.config or e.cfg.to_dict())
+    payloads, pipelines = job_payloads(entries)
     plan = rank_plan([tc.num_workers] * len(entries), pool_width(tc))
     scaling = ScalingConfig(num_workers=world_size(plan), use_gpu=tc.use_gpu,
                             resources_per_worker={"CPU": tc.cpus_per_worker})
@@ -110,19 +134,7 @@ def fit_pooled(entries: list) -> dict:
             raise RuntimeError(f"the pooled trainer of [{names}] failed: {exc}") from exc
         raise RuntimeError(startup_message(first.stage, f"[{names}] (one pooled trainer)",
                                             tc)) from exc
-    failed = [(e, read_text(join(p["dir"], ERROR))) for e, p in zip(entries, payloads)]
-    failed = [(e, text) for e, text in failed if text]
-    if failed:
-        raise RuntimeError("; ".join(f"{e.stage}/{e.job.name}: failed {tc.max_failures + 1} "
-                                     f"time(s), last: {text.splitlines()[0]}"
-                                     for e, text in failed))
-    finished = time.time()
-    results: dict = {}
-    for e, payload, pipeline in zip(entries, payloads, pipelines):
-        epochs = e.job.epochs or pipeline["train"]["epochs"]
-        results.setdefault(e.stage, {})[e.job.name] = _collect(e, payload["dir"], epochs,
-                                                               started, finished)
-    return results
+    return collect_results(entries, payloads, pipelines, started)
 
 
 def _collect(e: Entry, folder: str, epochs: int, started: float, finished: float) -> dict:
@@ -147,10 +159,16 @@ def run_waves(entries: list, demand, budget) -> dict:
     holds the wave's whole demand in the shared budget while it runs; ``{stage: {job: ...}}``."""
     from pafo_ray.admission import fits_at_once, scaled
     from pafo_ray.console import say
+    from pafo_ray.train import runpool
 
+    pool = runpool.active()
+    stages = " ‖ ".join(dict.fromkeys(e.stage for e in entries))
+    if pool is not None and pool.fits(entries):
+        say(f"{stages}: {len(entries)} job(s) on the run's Ray Train worker group "
+            f"({pool.width} worker(s), {'started now' if pool.thread is None else 'running'})")
+        return pool.submit(entries)
     at_once = max(1, min(len(entries), fits_at_once(demand, budget.capacity)))
     waves = [entries[i:i + at_once] for i in range(0, len(entries), at_once)]
-    stages = " ‖ ".join(dict.fromkeys(e.stage for e in entries))
     tc = entries[0].cfg.train
     width = world_size(rank_plan([tc.num_workers] * at_once, pool_width(tc)))
     say(f"{stages}: {len(entries)} job(s) in {len(waves)} Ray Train worker group(s) of up to "
