@@ -164,7 +164,7 @@ class RunPool:
         result}}`` as :func:`pafo_ray.train.cohort.fit_pooled` gives it."""
         import ray
 
-        from pafo_ray.train.cohort import collect_results, job_payloads
+        from pafo_ray.train.pooljobs import collect_results, job_payloads
         from pafo_ray.train.runtime import is_startup_failure, startup_message
 
         with self.lock:
@@ -210,7 +210,7 @@ def wanted(cfg) -> Optional[int]:
     """The run pool's width (workers) when ``cfg`` may use one here, else None."""
     from pafo_ray import ray_session
     from pafo_ray.sizing import cluster_capacity
-    from pafo_ray.train.cohort import pool_width
+    from pafo_ray.train.pooljobs import pool_width
 
     tc = cfg.train
     if not (tc.run_pool and tc.pool_jobs and tc.num_workers == 1 and not tc.use_gpu):
