@@ -7,6 +7,7 @@ The real-worker check lives in tests/test_teachers.py beside the other real-work
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -68,3 +69,32 @@ def test_a_run_pool_is_only_wanted_where_it_cannot_starve_later_stages(ray_sessi
     assert width(**{"train.pool_workers": 3}) is None      # 4 CPUs - 3 workers < 2 of room
     monkeypatch.setattr(session, "_LOCAL_CORES", None)    # joined a cluster
     assert width() is None
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_run_trains_every_stage_on_one_worker_group(ray_session, tmp_path):
+    """run_pipeline on the local Ray with real workers: teachers ‖ baselines and distill all
+    train on the run's one worker group (one Ray Train experiment, ``runpool-*``), started
+    after embed and closed after distill."""
+    from conftest import small_overrides
+
+    from pafo_ray.config import load_config
+    from pafo_ray.stages.base import ORDER, StageContext, is_active, run_pipeline
+    from pafo_ray.train import runpool
+
+    cfg = load_config(None, small_overrides(tmp_path, **{
+        "train.num_workers": 1, "train.epochs": 2, "train.checkpoint_every": 2,
+        "baselines.methods": "[reweight]", "train.select_regularization": False}))
+    ctx = StageContext.create(cfg)
+    stages = [s for s in ORDER[:ORDER.index("distill") + 1] if is_active(cfg, s)]
+    results = run_pipeline(ctx, stages)
+    assert runpool.active() is None  # closed after distill
+    metrics = [job["metrics"] for name in ("teachers", "baselines")
+               for job in results[name]["jobs"].values()]
+    metrics += [results["distill"]["student"]["metrics"]]
+    assert len(metrics) == 5  # vanilla, 2 teachers, reweight, the student
+    experiments = {m["experiment"] for m in metrics}
+    assert len(experiments) == 1 and next(iter(experiments)).startswith("runpool-"), experiments
+    folders = os.listdir(ctx.run_dir.ray_storage("teachers"))
+    assert any(f.startswith("runpool-") for f in folders), folders

@@ -203,6 +203,10 @@ def _run_next(ctx: StageContext, name: str, chosen: list, force: bool, results: 
         results.update({s: f.result() for s, f in futures.items()})
 
 
+# Stages whose Ray resources the run's worker group must not take: it starts after them.
+EARLY_STAGES = ("input", "prepare", "embed")
+
+
 def _run_pool(ctx: StageContext, chosen: list, force: bool):
     """One worker group for the run's stages that train (:mod:`pafo_ray.train.runpool`) when
     at least two of them (teachers ‖ baselines counting as one) have work to do; it closes
@@ -217,12 +221,19 @@ def _run_pool(ctx: StageContext, chosen: list, force: bool):
     if len(rounds) < 2:
         return contextlib.nullcontext(lambda results: None)
 
+    before = [s for s in chosen if s in EARLY_STAGES and (force or not is_done(ctx, s))]
+
     @contextlib.contextmanager
     def scope():
         with runpool.opened(ctx.cfg) as mine:
             def after_stage(results: dict) -> None:
+                pool = runpool.active()
+                if mine and pool is not None and all(s in results for s in before):
+                    # Its start-up overlaps the stages before the first that trains.
+                    pool.start(ctx.run_dir.ray_storage(todo[0]))
                 if mine and all(s in results for s in todo):
                     runpool.close()  # the later stages get its CPUs back
+            after_stage({})
             yield after_stage
 
     return scope()

@@ -7,7 +7,10 @@ whose workers stay up between stages: each worker asks a mailbox (a Ray actor) f
 jobs, trains them (:func:`pafo_ray.train.pooled._run_job`: the same checkpoints, retries and
 progress reports as a pooled trainer) and says each is done; the driver's stage posts its jobs
 and waits for them, then collects the models as a pooled trainer's driver does. The pool closes
-after the run's last stage that trains, or when the run ends (a failure included).
+after the run's last stage that trains, or when the run ends (a failure included). In a run,
+its worker group starts as soon as ``embed`` is done (:meth:`RunPool.start`), so that its
+start-up overlaps ``regularize`` and ``groups`` (not before: embed's actor pool may want every
+CPU but one).
 
 Only where it cannot starve later stages: a local Ray started by this process (its logical CPUs
 are raised to at least 8 over the cores), one-rank CPU jobs (``train.num_workers=1``, no GPU),
@@ -131,7 +134,14 @@ class RunPool:
         return all(e.cfg.train.num_workers == 1 and not e.cfg.train.use_gpu
                    and e.cfg.train.cpus_per_worker == self.tc.cpus_per_worker for e in entries)
 
-    def _start(self, first) -> None:
+    def start(self, storage_path: str) -> None:
+        """Start the worker group now (experiment folder under ``storage_path``), if not yet:
+        its ~11 s start-up then overlaps the driver's work before the first stage that trains."""
+        with self.lock:
+            if self.thread is None:
+                self._start(storage_path)
+
+    def _start(self, storage_path: str) -> None:
         import ray
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
@@ -142,8 +152,7 @@ class RunPool:
             scaling_config=ScalingConfig(num_workers=self.width, use_gpu=False,
                                          resources_per_worker={"CPU": self.tc.cpus_per_worker}),
             run_config=RunConfig(
-                name=f"runpool-{first.run_hash}-{int(time.time())}",
-                storage_path=first.layout.ray_storage(first.stage),
+                name=f"runpool-{int(time.time() * 1000)}", storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=self.tc.max_failures,
                                              controller_failure_limit=self.tc.start_retries)))
         self.started_at = time.time()
@@ -169,7 +178,7 @@ class RunPool:
 
         with self.lock:
             if self.thread is None:
-                self._start(entries[0])
+                self._start(entries[0].layout.ray_storage(entries[0].stage))
             batch, self.batches = self.batches, self.batches + 1
         started = time.time()
         payloads, pipelines = job_payloads(entries)
