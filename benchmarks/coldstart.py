@@ -228,8 +228,11 @@ def run(args) -> dict:
     model.group_vectors = stored
     cache = read_cache(ctx.run_dir.uri("embed", "cache"))
     from pafo_ray.coldstart import choose_group_starts
+    from pafo_ray.stages.distill import split_comparisons
 
-    chosen_starts = choose_group_starts(model, *heldout_free_val(ctx, model, cache))
+    # The seen users' validation rows: what the distill stage chose each group's start on.
+    chosen_starts = choose_group_starts(
+        model, *split_comparisons(ctx, "val", model.user_groups, cache))
     if not model.group_starts:  # a run distilled before group_starts.json existed
         model.set_group_starts({g: c["start"] for g, c in chosen_starts.items()
                                 if c["source"] != "group"})
@@ -267,19 +270,6 @@ def run(args) -> dict:
             "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
             "backbone": cfg.model.backbone, "starts": starts,
             "run": str(ctx.run_dir.root), "tables": tables}
-
-
-def heldout_free_val(ctx, model, cache) -> tuple:
-    """(φ_chosen, φ_rejected, group, user) of the validation rows of the student's (seen) users:
-    what the distill stage chose each group's start on."""
-    from pafo_ray.train.frames import read_frame
-
-    rows = read_frame(ctx.run_dir.prepared_rows("val"),
-                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
-    chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
-    rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
-    users = rows["user_id"].astype(str)
-    return chosen, rejected, users.map(model.user_groups).to_numpy(dtype=object), users.to_numpy()
 
 
 def render(result: dict, command: str) -> str:

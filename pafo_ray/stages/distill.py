@@ -71,6 +71,21 @@ def write_user_groups(ctx: StageContext, outputs: list) -> dict:
     return write_group_vectors(ctx, outputs, mapping)
 
 
+def split_comparisons(ctx: StageContext, split: str, mapping: dict, cache) -> tuple:
+    """``(φ_chosen, φ_rejected, group, user)`` of a split's prepared rows: the embedding
+    cache's vectors, each row's user and its group under ``mapping`` ({user_id: group})."""
+    import numpy as np
+
+    from pafo_ray.train.frames import read_frame
+
+    rows = read_frame(ctx.run_dir.prepared_rows(split),
+                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
+    chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
+    rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
+    users = rows["user_id"].astype(str)
+    return chosen, rejected, users.map(mapping).to_numpy(dtype=object), users.to_numpy()
+
+
 def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> dict:
     """``group_vectors.json`` ({group: [K] offset}) into each saved model folder: each group's
     population fitted through the student's own W on its users' training rows — the fair cold
@@ -81,28 +96,17 @@ def write_group_vectors(ctx: StageContext, outputs: list, mapping: dict) -> dict
     folder, each group's chosen start and its validation accuracies."""
     import json
 
-    import numpy as np
-
     from pafo_ray.coldstart import choose_group_starts, fit_group_vectors
     from pafo_ray.models import RewardModel
     from pafo_ray.models.reward_model import GROUP_STARTS_NAME, GROUP_VECTORS_NAME
     from pafo_ray.storage import join
     from pafo_ray.train.arrays import read_cache
-    from pafo_ray.train.frames import read_frame
 
     if ctx.cfg.model.mode != "frozen" or ctx.cfg.model.head != "lowrank":
         return {}
     cache = read_cache(ctx.run_dir.embed_cache())
-
-    def comparisons(split: str) -> tuple:
-        rows = read_frame(ctx.run_dir.prepared_rows(split),
-                          columns=["user_id", "chosen_text_id", "rejected_text_id"])
-        chosen = cache.vectors[cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))]
-        rejected = cache.vectors[cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))]
-        users = rows["user_id"].astype(str)
-        return chosen, rejected, users.map(mapping).to_numpy(dtype=object), users.to_numpy()
-
-    (*train, _), val = comparisons("train"), comparisons("val")
+    train = split_comparisons(ctx, "train", mapping, cache)[:3]  # group vectors: no users
+    val = split_comparisons(ctx, "val", mapping, cache)
     chosen_starts = {}
     for uri in outputs:
         model = RewardModel.from_pretrained(uri)

@@ -119,7 +119,8 @@ def rank_plan(sizes: list, workers: Optional[int] = None) -> list:
     share ``workers`` ranks in turn (``[1, 1, 1]``, 2 -> ``[[0], [1], [0]]``); a rank then
     trains its jobs one after another. A worker process costs ~5 s of start-up on 2 cores
     (torch and Ray Train imports), a small head's 20 epochs about a second: on the demo's 2
-    cores six workers took 19.4 s to start and run nothing, two 9.9 s.
+    cores six workers took 21-22 s to start and run nothing, two 12-13 s
+    (``python -m benchmarks.workers``).
     """
     if workers and all(size == 1 for size in sizes) and 0 < workers < len(sizes):
         return [[index % workers] for index in range(len(sizes))]
