@@ -278,6 +278,13 @@ class TrainConfig:
     lr: float = _f(3e-3, "AdamW learning rate.")
     weight_decay: float = _f(1e-4, "AdamW weight decay (regularisation; chosen on validation "
                              "for vanilla and used for every model).")
+    user_updates: Literal["auto", "dense", "sparse"] = _f(
+        "auto", "How a step updates the user offsets. dense: every user each step (the "
+        "shrinkage mean over all users, AdamW's moments and decay on the whole table): exact "
+        "but O(users) a step, so an epoch is O(rows × users). sparse: only the batch's users "
+        "(a sparse embedding gradient, lazy AdamW, the shrinkage on the batch rows' users — "
+        "the same pull per epoch for a user of average row count): O(batch) a step. auto: "
+        "sparse from 20,000 users on one rank a job, else dense.")
     num_workers: int = _f(1, "Ray Train workers per model (0: in the driver, for tests).")
     use_gpu: bool = _f(False, "Give each worker a GPU.")
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")

@@ -396,3 +396,26 @@ def test_read_frame_unifies_column_types_that_differ_between_files(tmp_path):
     assert frame["user_id"].tolist() == ["a", "b", "c", "d"]
     assert frame["extra_rank"].isna().tolist() == [True, True, False, False]
     assert frame["extra_rank"].sum() == 0.75 and (frame["group"] == "minority").all()
+
+
+def test_a_frozen_mode_fit_does_not_read_the_texts(tmp_path):
+    """`skipped_columns`: frozen mode reads rows without prompt/chosen/rejected (the cache
+    holds their embeddings; at 5M rows the texts were most of a frame); finetune mode keeps
+    them, since it tokenizes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pafo_ray.train.frames import read_rows, skipped_columns
+
+    folder = tmp_path / "rows" / "split=train"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"row_id": [1, 0], "user_id": ["a", "b"], "prompt": ["p", "q"],
+                             "chosen": ["x", "y"], "rejected": ["z", "w"],
+                             "chosen_text_id": [3, 4]}), folder / "0.parquet")
+    frozen = load_config(None, ["model.mode=frozen"])
+    frame = read_rows([str(folder)], skip=skipped_columns(frozen))
+    assert list(frame.columns) == ["row_id", "user_id", "chosen_text_id", "split"]
+    assert frame["row_id"].tolist() == [0, 1] and frame["split"].tolist() == ["train"] * 2
+    finetune = load_config(None, ["model.mode=finetune"])
+    assert {"prompt", "chosen", "rejected"} <= set(read_rows([str(folder)],
+                                                             skip=skipped_columns(finetune)))

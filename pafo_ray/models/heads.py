@@ -97,9 +97,11 @@ class RewardHead(nn.Module):
             raise TypeError(f"user_index must be a LongTensor, got {user_index.dtype}")
         if user_index.numel() and int(user_index.min()) < -1:
             raise ValueError("user_index holds values below -1 (only -1 means unknown)")
-        table = self.user_embedding.weight  # [U, K]
         known = self.user_embedding(user_index.clamp(min=0))  # [B, K]
         unknown = (user_index < 0).unsqueeze(-1)  # [B, 1]
+        if not bool(unknown.any()):  # training rows: the mean over all U users is not needed
+            return known
+        table = self.user_embedding.weight  # [U, K]
         return torch.where(unknown, table.mean(dim=0).expand_as(known), known)
 
     def forward(self, phi: torch.Tensor, user_index: torch.Tensor,
@@ -157,6 +159,12 @@ class RewardHead(nn.Module):
             adapter.mean.copy_(vectors.float().mean(dim=0))
             adapter.std.copy_(vectors.float().std(dim=0).clamp(min=1e-6))
 
-    def user_penalty(self) -> torch.Tensor:
-        """Mean over users of ``||e_u||²`` (scalar); the trainer multiplies by ``user_shrinkage``."""
-        return self.user_embedding.weight.pow(2).sum(dim=-1).mean()
+    def user_penalty(self, user_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean over users of ``||e_u||²`` (scalar); the trainer multiplies by ``user_shrinkage``.
+        ``user_index [B]``: the mean over these rows' users instead (a row of an unknown user,
+        −1, adds 0), whose gradient reaches only those users (``train.user_updates=sparse``)."""
+        if user_index is None:
+            return self.user_embedding.weight.pow(2).sum(dim=-1).mean()
+        known = user_index >= 0
+        norms = self.user_embedding(user_index.clamp(min=0)).pow(2).sum(dim=-1)
+        return (norms * known).sum() / max(1, user_index.numel())

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pafo_ray.config import PipelineConfig
 from pafo_ray.layout import RunLayout
-from pafo_ray.train.frames import read_frame
+from pafo_ray.train.frames import TEXTS, read_frame
 
 
 @dataclass
@@ -103,7 +103,7 @@ def train_student(data: StudentData, cfg: PipelineConfig, *, seed: Optional[int]
     metrics = fit(scorer, train_rows, val_rows, Objective(**J.objective_for(method, cfg)),
                   epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                   weight_decay=cfg.train.weight_decay, group_names=names, cache=data.cache,
-                  seed=seed, device=device)
+                  seed=seed, device=device, user_updates=cfg.train.user_updates)
     return model.cpu(), metrics
 
 
@@ -127,11 +127,13 @@ def train_vanilla(cfg: PipelineConfig, *, weight_decay: float, user_shrinkage: f
     model_cfg = dataclasses.replace(model_cfg or cfg.model, mode="frozen",
                                     user_shrinkage=user_shrinkage)
     model, train, val = build_model_and_rows(
-        model_cfg, layout.user_ids(), cache, read_frame(layout.prepared_rows("train")),
-        read_frame(layout.prepared_rows("val")), group_names=names, seed=cfg.run.seed,
+        model_cfg, layout.user_ids(), cache,
+        read_frame(layout.prepared_rows("train"), skip=TEXTS),
+        read_frame(layout.prepared_rows("val"), skip=TEXTS), group_names=names, seed=cfg.run.seed,
         label_margin=cfg.train.use_margin)
     objective = Objective(**{**J.objective_for("vanilla", cfg), "user_shrinkage": user_shrinkage})
     metrics = fit(PairScorer(model), train, val, objective, epochs=cfg.train.epochs,
                   batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=weight_decay,
-                  group_names=names, cache=cache, seed=cfg.run.seed)
+                  group_names=names, cache=cache, seed=cfg.run.seed,
+                  user_updates=cfg.train.user_updates)
     return model, metrics

@@ -195,13 +195,14 @@ def _job_groups(plan: list) -> list:
 def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info: dict) -> None:
     import ray.train
 
-    from pafo_ray.train.frames import read_rows
+    from pafo_ray.train.frames import read_rows, skipped_columns
     from pafo_ray.train.loop import PairScorer, fit
     from pafo_ray.train.runtime import load_train_state, maybe_fail, write_checkpoint_files
     from pafo_ray.train.worker import EpochLog, set_up_job
 
     def frames(cfg):
-        train_frame, val_frame = (read_rows(job["uris"][k]) for k in ("train", "val"))
+        train_frame, val_frame = (read_rows(job["uris"][k], skip=skipped_columns(cfg))
+                                  for k in ("train", "val"))
         if size > 1:  # this rank's share of the job's rows
             train_frame = train_frame.iloc[sub_rank::size].reset_index(drop=True)
         return train_frame, val_frame
@@ -247,5 +248,5 @@ def _train_job(pipeline: dict, job: dict, sub_rank: int, size: int, group, info:
         batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
         group_names=setup.names, cache=setup.cache,
         seed=cfg.run.seed, device=device, start_epoch=start_epoch,
-        optimizer_state=optimizer_state, on_epoch=on_epoch)
+        optimizer_state=optimizer_state, on_epoch=on_epoch, user_updates=cfg.train.user_updates)
 

@@ -53,7 +53,7 @@ def train_func(config: dict) -> None:
     from ray.train import Checkpoint
 
     from pafo_ray.train.arrays import frame_from_shard
-    from pafo_ray.train.frames import read_rows
+    from pafo_ray.train.frames import read_rows, skipped_columns
     from pafo_ray.train.loop import PairScorer, fit
     from pafo_ray.train.worker import EpochLog, set_up_job
 
@@ -62,7 +62,8 @@ def train_func(config: dict) -> None:
 
     def frames(cfg):
         if job.get("uris"):  # local mode: this process reads the parquet itself
-            return tuple(read_rows(job["uris"][k]) for k in ("train", "val"))
+            return tuple(read_rows(job["uris"][k], skip=skipped_columns(cfg))
+                         for k in ("train", "val"))
         return (frame_from_shard(ray.train.get_dataset_shard("train")),
                 frame_from_shard(ray.train.get_dataset_shard("val")))
 
@@ -100,7 +101,8 @@ def train_func(config: dict) -> None:
     fit(scorer, setup.train_rows, setup.val_rows, objective, epochs=setup.epochs,
         batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
         group_names=setup.names, cache=setup.cache, seed=cfg.run.seed, device=device,
-        start_epoch=start_epoch, optimizer_state=optimizer_state, on_epoch=on_epoch)
+        start_epoch=start_epoch, optimizer_state=optimizer_state, on_epoch=on_epoch,
+        user_updates=cfg.train.user_updates)
 
 
 def _checkpoint_dir(root: Optional[str]):
@@ -119,9 +121,20 @@ def _fit_one(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str) -
         return _fit_ray(cfg, layout, stage, job, run_hash, checkpoint_root=root)
 
 
+def _read(uris: list, cfg):
+    """A job's rows as a Ray Data dataset, without the texts in frozen mode (the cache holds
+    their embeddings)."""
+    import ray.data
+
+    from pafo_ray.train.frames import skipped_columns
+
+    ds = ray.data.read_parquet(uris)
+    skip = skipped_columns(cfg)
+    return ds.drop_columns(list(skip)) if skip else ds
+
+
 def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
              checkpoint_root: Optional[str] = None) -> dict:
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -131,8 +144,7 @@ def _fit_ray(cfg, layout: RunLayout, stage: str, job: TrainJob, run_hash: str,
     # Real workers get Ray Data shards. Local mode (num_workers=0: tests, in-process benchmark
     # runs) has one process that reads the parquet itself: two Ray Data executions per fit
     # cost ~20 s on 2 cores, ten times the fit of a head on cached embeddings.
-    datasets = None if local else {"train": ray.data.read_parquet(job.train),
-                                   "val": ray.data.read_parquet(job.val)}
+    datasets = None if local else {"train": _read(job.train, cfg), "val": _read(job.val, cfg)}
     scaling = ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                             resources_per_worker={"CPU": tc.cpus_per_worker}
                             if tc.num_workers else None)
