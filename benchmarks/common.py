@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import threading
 import time
@@ -189,3 +190,23 @@ def start_ray(cfg) -> None:
     from pafo_ray.ray_session import init_ray
 
     init_ray(cfg.run.ray)
+
+
+_KILLED = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory")
+
+
+def memory_kills() -> int:
+    """Workers Ray's memory monitor has killed in this Ray session so far: the sum of the
+    raylet's ``N worker(s) were killed due to the node running low on memory`` lines (0 when
+    the session's logs cannot be found: Ray not started here)."""
+    try:
+        import ray
+
+        logs = ray._private.worker._global_node.get_logs_dir_path()  # private: hence the guard
+    except Exception:  # noqa: BLE001
+        return 0
+    total = 0
+    for path in Path(logs).glob("raylet*.out"):
+        with open(path, errors="replace") as fh:
+            total += sum(int(m.group(1)) for m in _KILLED.finditer(fh.read()))
+    return total

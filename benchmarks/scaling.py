@@ -8,8 +8,10 @@ process's Ray session: ``prepare`` (Ray Data), ``embed`` (builtin-tiny actor poo
 (the mixture), ``teachers`` (vanilla + two teachers, in-process fits), ``margins`` (Ray Data
 batch inference, labelled rows and the unlabelled comparisons) and ``tune`` (Ray Tune +
 Optuna, ``--trials`` trials, each a student trained in-process on the cached embeddings).
-Each stage's wall time, rows per second and the peak PSS of the driver and every Ray process
-(object store included) are printed, with how each grows against the smallest size: time
+Each size runs in its own fresh local Ray (as a user's run would: nothing a smaller size left in
+the object store or in idle workers counts against the next). Each stage's wall time, rows per
+second, the peak PSS of the driver and every Ray process (object store included) and the
+workers Ray's memory monitor killed during the stage are printed, with how each grows against the smallest size: time
 should grow about linearly with rows, and memory stay bounded by Ray's object store for the
 Ray Data stages (the in-process stages hold the rows as tensors, so theirs grows).
 """
@@ -21,7 +23,17 @@ import math
 import os
 import sys
 
-from benchmarks.common import GIB, Timer, TreeUsage, fmt, load_average, record, start_ray, table
+from benchmarks.common import (
+    GIB,
+    Timer,
+    TreeUsage,
+    fmt,
+    load_average,
+    memory_kills,
+    record,
+    start_ray,
+    table,
+)
 
 SUITE = "scaling"
 STAGES = ("input", "prepare", "embed", "groups", "teachers", "margins", "tune")
@@ -58,21 +70,33 @@ def run_size(rows: int, args) -> list:
               "tune.tune_baselines": False, "embed.num_actors": 1,
               "run.ray.progress_bars": False, "run.force": not args.reuse}
     cfg = load_config(None, [f"{k}={v}" for k, v in values.items()] + list(args.overrides))
+    fresh_ray(cfg)
     ctx = StageContext.create(cfg)
     out = []
     for stage in STAGES:
         reused = args.reuse and is_done(ctx, stage)
+        killed = memory_kills()
         with TreeUsage() as use, Timer() as t:
             summary = run_stage(ctx, stage, force=not args.reuse)
+        killed = memory_kills() - killed
         seconds = float(summary.get("seconds", math.nan)) if reused else t.seconds
         peak = math.nan if reused else use.peak
         detail = _detail(stage, summary) + (" (reused: saved time)" if reused else "")
         out.append({"rows": rows, "stage": stage, "seconds": seconds,
                     "count": _rows_of(stage, summary, rows), "peak": peak, "start": use.start,
-                    "cpu": use.cpu_seconds, "detail": detail})
+                    "cpu": use.cpu_seconds, "detail": detail, "killed": killed})
         print(f"  {rows:>9,} {stage:9s} {seconds:8.1f} s  peak {peak / GIB:5.2f} GiB  "
-              f"{detail}  ({load_average()})", flush=True)
+              f"killed {killed}  {detail}  ({load_average()})", flush=True)
     return out
+
+
+def fresh_ray(cfg) -> None:
+    """A new local Ray for this size (the one before, if any, shut down first)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    start_ray(cfg)
 
 
 def _rows_of(stage: str, summary: dict, rows: int) -> int:
@@ -101,9 +125,6 @@ def main(argv=None) -> int:
     if args.smoke:
         args.trials, args.epochs = 2, 1
         args.bench_dir = args.bench_dir + "-smoke"
-    from pafo_ray.config import load_config
-
-    start_ray(load_config(None, ["run.ray.progress_bars=False"]))
     print(f"scaling benchmark: sizes {sizes}; {load_average()}", flush=True)
     results = [row for rows in sizes for row in run_size(rows, args)]
     smallest = min(sizes)
@@ -115,14 +136,14 @@ def main(argv=None) -> int:
                       fmt(r["count"] / r["seconds"] if r["seconds"] > 0 else math.nan, 0),
                       fmt(r["seconds"] / b["seconds"] if b["seconds"] > 0 else math.nan),
                       fmt(r["peak"] / GIB), fmt(r["peak"] / b["peak"] if b["peak"] else math.nan),
-                      r["detail"]])
+                      str(r["killed"]), r["detail"]])
         if r["rows"] != smallest:
             record(SUITE, f"{r['stage']} s at {r['rows']:,} rows (× the {smallest:,}-row time)",
                    r["seconds"], b["seconds"], r["seconds"] / b["seconds"] if b["seconds"] else None,
                    unit="s")
     print()
     print(table(["rows", "stage", "seconds", "rows/s", "time × smallest", "peak GiB (PSS)",
-                 "memory × smallest", "note"], lines))
+                 "memory × smallest", "killed (memory monitor)", "note"], lines))
     print(f"\nrows grow {max(sizes) / smallest:.0f}× from the smallest size; {load_average()}")
     if args.smoke:
         record(SUITE, f"all stages at {smallest:,} rows, wall s",
