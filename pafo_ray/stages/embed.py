@@ -205,19 +205,31 @@ def embeds_inline(cfg, prepared, nodes: int) -> bool:
 
 
 def embed_here(ctx: StageContext, cache_uri: str) -> tuple:
-    """The actor's work in this process (the same :class:`Embedder`, so the same vectors),
-    all cores, one parquet file: ``(texts, truncated texts, dim)``."""
-    import os
-
+    """The actor's work in this process (:func:`embed_in_process`), one parquet file:
+    ``(texts, truncated texts, dim)``."""
     import pyarrow.parquet as pq
-    import torch
 
     from pafo_ray.storage import split_uri
     from pafo_ray.train.inmemory import read_frame
 
-    cfg = ctx.cfg
     frame = read_frame(ctx.run_dir.prepared_rows(), TEXT_COLUMNS)
     texts = texts_of(pa.Table.from_pandas(frame, preserve_index=False))
+    table, dim = embed_in_process(ctx.cfg, texts)
+    fs, path = split_uri(cache_uri)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=fs)
+    truncated = int(pa.compute.sum(table.column("truncated")).as_py() or 0)
+    return table.num_rows, truncated, dim
+
+
+def embed_in_process(cfg, texts: pa.Table) -> tuple:
+    """``texts`` (``text_id``, ``prompt``, ``response``) embedded in this process by the pool's
+    :class:`Embedder` (so the same vectors), on all cores, in the pool's blocks:
+    ``(table of text_id, embedding, truncated; dim)``. The model load is included."""
+    import os
+
+    import torch
+
     threads = torch.get_num_threads()
     try:  # the Embedder sets this process's torch threads: put them back after
         m = cfg.model
@@ -228,14 +240,10 @@ def embed_here(ctx: StageContext, cache_uri: str) -> tuple:
                             batch_size=cfg.embed.batch_size)
         size = block_rows(cfg)
         parts = [embedder(texts.slice(i, size)) for i in range(0, texts.num_rows, size)]
+        table = pa.concat_tables(parts) if parts else embedder(texts)
     finally:
         torch.set_num_threads(threads)
-    table = pa.concat_tables(parts) if parts else embedder(texts)
-    fs, path = split_uri(cache_uri)
-    fs.create_dir(path, recursive=True)
-    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=fs)
-    truncated = int(pa.compute.sum(table.column("truncated")).as_py() or 0)
-    return table.num_rows, truncated, embedder.encoder.hidden_size
+    return table, embedder.encoder.hidden_size
 
 
 def adapt_cache(ctx: StageContext, frozen_uri: str, out_uri: str) -> dict:
