@@ -182,7 +182,7 @@ def _plan(cfg) -> int:
         capacity, where = cluster_capacity(cfg.run.ray), f"connected: {address}"
     else:
         capacity, where = local_capacity(cfg.run.ray), "the local Ray `pafo-ray run` would start"
-    text = format_plan(cfg, _stages(cfg, "plan"), capacity, where)
+    text = format_plan(cfg, _stages(cfg, "plan"), capacity, where, local=not address)
     print(text)
     return 1 if "\nerror: " in text else 0
 

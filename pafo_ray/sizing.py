@@ -185,7 +185,24 @@ def concurrent_plan_line(cfg, stages: list, capacity: Capacity) -> str:
     return plan_line(" ‖ ".join(stages), units, _trainer_demand(cfg), capacity)
 
 
-def format_plan(cfg, stages: list, capacity: Capacity, where: str) -> str:
+def run_pool_line(cfg, stages: list, capacity: Capacity) -> Optional[str]:
+    """What ``train.run_pool`` does for these stages on the local Ray ``pafo-ray run`` starts:
+    the stages that train share one worker group when two rounds or more of them run."""
+    from pafo_ray.train.pooljobs import width_for
+
+    rounds = [s for s in ("teachers ‖ baselines", "distill")
+              if any(part in stages for part in s.split(" ‖ "))]
+    width = width_for(cfg.train, capacity.cpus, cores=int(min(capacity.cpus, os.cpu_count() or 1)))
+    if len(rounds) < 2 or width is None:
+        return None
+    return (f"run pool: {' and then '.join(rounds)} train on ONE Ray Train worker group of "
+            f"{width} worker(s) ({cfg.train.cpus_per_worker:g} CPU each), started after embed "
+            "and closed after the last stage that trains (train.run_pool; a local Ray only)")
+
+
+def format_plan(cfg, stages: list, capacity: Capacity, where: str, local: bool = False) -> str:
+    """The plan table; ``local``: against the local Ray ``pafo-ray run`` would start (then the
+    run pool's line too)."""
     rows = stage_rows(cfg, stages, capacity)
     header = ["stage", "units", "each", "CPUs", "GPUs", "mem GiB", "at once"]
     table = [header] + [row.cells(capacity) for row in rows]
@@ -194,6 +211,9 @@ def format_plan(cfg, stages: list, capacity: Capacity, where: str) -> str:
              if capacity.memory_gib else f"cluster: {capacity.describe()} ({where})"]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines += [f"error: {row.error}" for row in rows if row.error]
+    pool = run_pool_line(cfg, stages, capacity) if local else None
+    if pool:
+        lines.append(pool)
     lines.append("CPUs/GPUs/mem: what the units running at once hold; a trainer's CPUs include "
                  "train.ingest_cpus for its Ray Data reads. Stages run one after another "
                  "(teachers ‖ baselines side by side).")

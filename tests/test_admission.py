@@ -171,6 +171,30 @@ def test_plan_of_the_shipped_local_config(cpus, pooled, teachers_at_once):
     assert not any(row.error for row in rows.values())
 
 
+@pytest.mark.parametrize("overrides, stages, cpus, width", [
+    ([], ["teachers", "baselines", "distill"], 8, 2),           # the demo: 2 of 8 CPUs
+    (["train.pool_workers=3"], ["teachers", "distill"], 8, 3),  # its width is the pool's
+    ([], ["teachers", "baselines"], 8, None),                   # one round: nothing to share
+    (["train.run_pool=false"], ["teachers", "distill"], 8, None),
+    (["train.num_workers=2"], ["teachers", "distill"], 8, None),  # DDP jobs: one group each
+    (["train.pool_workers=7"], ["teachers", "distill"], 8, None),  # < 2 CPUs left beside it
+])
+def test_plan_says_when_the_run_pool_is_used_and_how_wide(overrides, stages, cpus, width):
+    """`pafo-ray plan` against the local Ray: the run pool's line, with the width
+    `pafo-ray run` would start (train.pool_workers, here set, or one per core)."""
+    from pafo_ray.config import load_config
+    from pafo_ray.sizing import format_plan, run_pool_line
+
+    cfg = load_config(None, ["train.pool_workers=2", *overrides])
+    line = run_pool_line(cfg, stages, Capacity(cpus=cpus))
+    if width is None:
+        assert line is None
+    else:
+        assert f"ONE Ray Train worker group of {width} worker(s)" in line
+        assert line in format_plan(cfg, stages, Capacity(cpus=cpus), "here", local=True)
+        assert "run pool" not in format_plan(cfg, stages, Capacity(cpus=cpus), "there")
+
+
 def test_preflight_refuses_a_gpu_trainer_on_a_cpu_cluster():
     from pafo_ray.config import load_config
     from pafo_ray.sizing import preflight

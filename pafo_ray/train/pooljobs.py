@@ -14,19 +14,34 @@ from typing import Optional
 from pafo_ray.storage import join
 from pafo_ray.train.pooled import ERROR, job_dir, latest_checkpoint, read_text, remove_file
 
+ROOM_CPUS = 2.0  # CPUs the run pool (pafo_ray.train.runpool) leaves for actor pools and trials
 
-def pool_width(tc) -> Optional[int]:
+
+def pool_width(tc, cores: Optional[int] = None) -> Optional[int]:
     """Workers one pooled trainer of one-rank jobs starts at most (:func:`rank_plan`):
     ``train.pool_workers``, or when 0 one per core the cluster has (a local Ray: this
-    machine's cores, not its raised logical CPUs) per ``train.cpus_per_worker``; None (one
-    worker a job) with GPUs, where each job has a GPU of its own."""
+    machine's cores, not its raised logical CPUs; ``cores`` when given) per
+    ``train.cpus_per_worker``; None (one worker a job) with GPUs, where each job has a GPU of
+    its own."""
     if tc.pool_workers:
         return tc.pool_workers
     if tc.use_gpu:
         return None
-    from pafo_ray.ray_session import data_parallelism
+    if cores is None:
+        from pafo_ray.ray_session import data_parallelism
 
-    return max(1, int(data_parallelism() // max(1.0, tc.cpus_per_worker)))
+        cores = data_parallelism()
+    return max(1, int(cores // max(1.0, tc.cpus_per_worker)))
+
+
+def width_for(tc, cpus: float, cores: Optional[int] = None) -> Optional[int]:
+    """The run pool's width on a local Ray of ``cpus`` CPUs (``cores`` cores: see
+    :func:`pool_width`) for ``train`` settings ``tc``, or None:
+    one-rank CPU jobs, pooled, and at least :data:`ROOM_CPUS` CPUs left beside it."""
+    if not (tc.run_pool and tc.pool_jobs and tc.num_workers == 1 and not tc.use_gpu):
+        return None
+    width = pool_width(tc, cores) or 1
+    return None if cpus - width * tc.cpus_per_worker < ROOM_CPUS else width
 
 
 def job_payloads(entries: list) -> tuple:

@@ -34,7 +34,6 @@ from typing import Optional
 log = logging.getLogger("pafo_ray")
 
 TRAINING_STAGES = ("teachers", "baselines", "distill")
-ROOM_CPUS = 2.0   # CPUs a run pool leaves free for actor pools and Tune trials
 WAIT_S = 5.0      # how long one wait on the mailbox lasts before the driver checks the group
 
 
@@ -219,17 +218,11 @@ def wanted(cfg) -> Optional[int]:
     """The run pool's width (workers) when ``cfg`` may use one here, else None."""
     from pafo_ray import ray_session
     from pafo_ray.sizing import cluster_capacity
-    from pafo_ray.train.pooljobs import pool_width
+    from pafo_ray.train.pooljobs import width_for
 
-    tc = cfg.train
-    if not (tc.run_pool and tc.pool_jobs and tc.num_workers == 1 and not tc.use_gpu):
-        return None
     if ray_session.local_cores() is None:  # not a local Ray of this process: a cluster
         return None
-    width = pool_width(tc) or 1
-    if cluster_capacity(cfg.run.ray).cpus - width * tc.cpus_per_worker < ROOM_CPUS:
-        return None
-    return width
+    return width_for(cfg.train, cluster_capacity(cfg.run.ray).cpus)
 
 
 @contextlib.contextmanager
