@@ -2,8 +2,8 @@
 
 With dense updates every step of an epoch touches all U user offsets (the gradient of the
 full-table shrinkage, AdamW's moments and decay), so an epoch costs O(rows × users): at
-5M rows and 50,000 users a 256-row step took 2.8 ms dense and 1.6 ms sparse (BENCHMARKS.md,
-Scaling).
+50,000 users a 256-row step takes 1.95 ms dense and 1.24 ms sparse (``python -m
+benchmarks.users``).
 ``train.user_updates=sparse`` makes the user embedding's gradient sparse (only the batch's
 users) and :class:`LazyAdamW` updates only those rows — their moments, decoupled weight
 decay and step, with the optimizer's global step count for the bias corrections (as
