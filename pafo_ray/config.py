@@ -168,11 +168,19 @@ class GroupsConfig:
     iterations: int = _f(2, "Refit-and-reassign rounds of the mixture (sizes=estimate: EM rounds).")
     l2: float = _f(1e-3, "Ridge on each group's population vector.")
     sizes: Literal["quantile", "estimate"] = _f(
-        "quantile", "How many users the mixture puts in each group. quantile: as many as "
-        "prepare.user_quantile gave each support group (two groups). estimate: the data "
+        "estimate", "How many users the mixture puts in each group. estimate: the data "
         "choose: EM over a mixture whose mixing weights are fitted with the population "
-        "vectors (the maximum-likelihood sizes), started from the support groups; each user "
-        "takes its group of highest posterior.")
+        "vectors (the maximum-likelihood sizes), started from the support groups "
+        "(prepare.user_quantile is only the start); each user takes its group of highest "
+        "posterior. quantile: as many as prepare.user_quantile gave each support group (two "
+        "groups). At 95/5 a fixed 20% group is three-quarters majority-type users and its "
+        "teacher learns the majority; estimate closes 52% of vanilla's type gap there "
+        "against -2%, and costs builtin-80 nothing (BENCHMARKS.md).")
+    min_users: int = _f(
+        5, "sizes=estimate: if EM leaves a group with fewer users (with training rows) than "
+        "this, the quantile sizes are used instead and the summary says why. On little data "
+        "the maximum-likelihood mixing weight of a group can run to 0 (60 users with 7 "
+        "training rows each: an empty minority group, so no minority teacher).")
 
     def __post_init__(self):
         if isinstance(self.iterations, int) and self.iterations < 0:

@@ -57,6 +57,7 @@ RULES: dict[str, Rule] = {
     "prepare.rows_per_partition": POSITIVE,
     "groups.iterations": NON_NEGATIVE,
     "groups.l2": NON_NEGATIVE,
+    "groups.min_users": AT_LEAST_1,
     "model.rank": POSITIVE,
     "model.user_shrinkage": NON_NEGATIVE,
     "model.mlp_hidden": POSITIVE,

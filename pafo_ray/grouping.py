@@ -14,8 +14,11 @@ log-likelihood ratio ``Σ_rows log σ(g_min·x) − log σ(g_maj·x)`` form the 
 as many as the support quantile put there. With more groups each user takes the group of
 highest likelihood. With ``sizes="estimate"`` the data choose the sizes: a mixture with mixing
 weights ``π`` fitted by EM (:func:`_em_round`), started from the support groups, each user in
-the group of highest posterior at the end. Users without training rows keep the group they
-had. Everything here is plain torch.
+the group of highest posterior at the end. On little data EM can empty a group (its mixing
+weight runs to 0, e.g. 60 users with 7 training rows each): when it leaves any group with fewer
+than ``min_users`` users with rows, the quantile sizes are used instead and the result says so
+(``sizes_used``, ``fallback``). Users without training rows keep the group they had.
+Everything here is plain torch.
 """
 
 from __future__ import annotations
@@ -96,11 +99,14 @@ class MixtureResult:
     populations: torch.Tensor  # [G, K] the last round's population vectors
     moved: list               # users that changed group, per round
     mixing: list | None = None  # sizes="estimate": the mixing weights π per round
+    sizes_used: str = "quantile"  # what set the sizes: estimate, quantile or likelihood (argmax)
+    fallback: str | None = None  # why estimate's sizes were not used (None: they were, or n/a)
 
 
 def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Tensor, *,
                    iterations: int = 2, l2: float = 1e-3,
-                   keep_sizes: bool = True, sizes: str = "quantile") -> MixtureResult:
+                   keep_sizes: bool = True, sizes: str = "quantile",
+                   min_users: int = 1) -> MixtureResult:
     """Refine user groups by the population vector that explains each user's labels.
 
     Args:
@@ -111,6 +117,8 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
         keep_sizes: with two groups, keep each group's number of users (users with rows).
         sizes: ``quantile`` (sizes as above) or ``estimate``: ``iterations`` EM rounds of a
           mixture whose mixing weights are fitted too, so the data choose the sizes.
+        min_users: ``estimate`` only: if it leaves a group with fewer users with rows than
+          this, the quantile sizes are used instead (``fallback`` says why).
     Returns:
         :class:`MixtureResult`.
     """
@@ -126,8 +134,16 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
     moved = []
     if sizes not in ("quantile", "estimate"):
         raise ValueError(f"groups.sizes must be 'quantile' or 'estimate', got {sizes!r}")
+    fallback, mixing = None, None
     if sizes == "estimate" and num_groups > 1:
-        return _estimate_sizes(x, user_index, groups, has_rows, iterations, l2)
+        estimated = _estimate_sizes(x, user_index, groups, has_rows, iterations, l2)
+        counts = torch.bincount(estimated.groups[has_rows], minlength=num_groups)
+        if int(counts.min()) >= min_users:
+            return estimated
+        fallback = (f"estimate left group {int(counts.argmin())} with {int(counts.min())} "
+                    f"user(s) (< {min_users}; last round's mixing weights "
+                    f"{estimated.mixing[-1]}): quantile sizes used")
+        mixing = estimated.mixing  # kept for the record
     for _ in range(iterations):
         row_group = groups[user_index]
         for k in range(num_groups):
@@ -141,7 +157,9 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
             new = torch.where(has_rows, loglik.argmax(dim=1), groups)
         moved.append(int((new != groups).sum()))
         groups = new
-    return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved)
+    return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved, mixing,
+                         sizes_used="quantile" if num_groups == 2 and keep_sizes else "likelihood",
+                         fallback=fallback)
 
 
 def _score(loglik: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:
@@ -194,7 +212,8 @@ def _estimate_sizes(x, user_index, groups, has_rows, iterations: int, l2: float)
         moved.append(int((new != groups).sum()))
         mixing.append([round(float(v), 6) for v in pi])
         groups = new
-    return MixtureResult(groups, _score(log_post, groups, has_rows), populations, moved, mixing)
+    return MixtureResult(groups, _score(log_post, groups, has_rows), populations, moved, mixing,
+                         sizes_used="estimate")
 
 
 def _keep_sizes(ratio: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:

@@ -150,8 +150,13 @@ def test_groups_stage_keeps_every_row_once_in_its_users_group(grouped):
     for split, groups in summary["groups"].items():
         for group, n in groups.items():
             assert counts[(split, group)] == n
-    # Sizes kept: the lowest group has as many users as prepare's quantile gave it.
-    assert summary["users_by_group"]["minority"] == int((users["support_group"] == "minority").sum())
+    # The default sizes=estimate: EM's fitted mixing weights are recorded per round, each a
+    # distribution over the two groups, and the users table agrees with the counts.
+    assert summary["sizes"] == "estimate" and summary["sizes_used"] == "estimate"
+    assert summary["sizes_fallback"] is None
+    mixing = summary["mixing_per_round"]
+    assert mixing and all(len(m) == 2 and abs(sum(m) - 1) < 1e-4 for m in mixing)
+    assert summary["users_by_group"]["minority"] == int((users["group"] == "minority").sum())
     assert summary["users_moved"] == int((users["group"] != users["support_group"]).sum())
     share = summary["user_types"]["minority_type_share"]
     assert set(share) == {"support_group", "group"}
@@ -202,9 +207,34 @@ def test_fit_population_weights_rows():
     assert float(fit_population(x, l2=0.1, weight=torch.zeros(2))[0]) == 0.0
 
 
+def test_estimate_that_empties_a_group_falls_back_to_the_quantile_sizes():
+    """One population only (no minority type), 60 users with 7 rows each, 12 users in the
+    starting minority group: EM's posteriors leave group 0 empty. With min_users the quantile
+    sizes are kept (12 users) and the result says why; without the guard (min_users=0) the
+    group is empty, which is what the guard exists for."""
+    x, user_index, _ = planted(num_users=60, minority=0, rows_per_user=7, seed=0)
+    initial = torch.ones(60, dtype=torch.long)
+    initial[:12] = 0
+    bare = mixture_groups(x, user_index, initial, iterations=2, sizes="estimate", min_users=0)
+    assert bare.sizes_used == "estimate" and int((bare.groups == 0).sum()) == 0
+    kept = mixture_groups(x, user_index, initial, iterations=2, sizes="estimate", min_users=5)
+    assert kept.sizes_used == "quantile"
+    assert int((kept.groups == 0).sum()) == 12
+    assert "group 0 with 0 user(s)" in kept.fallback and "quantile sizes used" in kept.fallback
+    assert kept.mixing == bare.mixing  # the estimate's weights kept for the record
+    # A planted minority large enough to estimate is not overridden by the guard.
+    x, user_index, is_minority = planted(num_users=200, minority=30, rows_per_user=40, seed=3)
+    initial = torch.ones(200, dtype=torch.long)
+    initial[torch.nonzero(is_minority).squeeze(1)[:24]] = 0
+    initial[torch.nonzero(~is_minority).squeeze(1)[:16]] = 0
+    estimated = mixture_groups(x, user_index, initial, iterations=5, sizes="estimate", min_users=5)
+    assert estimated.sizes_used == "estimate" and estimated.fallback is None
+
+
 @pytest.mark.parametrize("override,key", [("groups.sizes=bic", "groups.sizes"),
                                           ("groups.iterations=-1", "groups.iterations"),
-                                          ("groups.l2=0", "groups.l2")])
+                                          ("groups.l2=0", "groups.l2"),
+                                          ("groups.min_users=0", "groups.min_users")])
 def test_bad_group_settings_are_config_errors_naming_the_key(override, key):
     from pafo_ray.config import ConfigError, load_config
 

@@ -87,13 +87,15 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     index = {g: i for i, g in enumerate(names)}
     initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
-                            l2=cfg.groups.l2, sizes=cfg.groups.sizes)
+                            l2=cfg.groups.l2, sizes=cfg.groups.sizes,
+                            min_users=cfg.groups.min_users)
     users = users.assign(group=np.asarray(names, dtype=object)[result.groups.numpy()],
                          mixture_score=result.score.numpy())
     details = {"grouping_model_val_accuracy": metrics.get("val_accuracy"),
                "moved_per_round": result.moved,
                "populations": result.populations.tolist(),
-               "sizes": cfg.groups.sizes, "mixing_per_round": result.mixing}
+               "sizes": cfg.groups.sizes, "sizes_used": result.sizes_used,
+               "sizes_fallback": result.fallback, "mixing_per_round": result.mixing}
     return users, details
 
 
@@ -131,7 +133,9 @@ def run(ctx: StageContext) -> dict:
     if uses_mixture(cfg):
         users, details = mixture(ctx, users)
         how = (f"mixture of {len(names)} population vectors, {cfg.groups.iterations} rounds, "
-               f"sizes by {cfg.groups.sizes}")
+               f"sizes by {details['sizes_used']}")
+        if details["sizes_fallback"]:
+            how += f" ({details['sizes_fallback']})"
     elif cfg.groups.method == "oracle" and cfg.prepare.group_level == "user":  # a diagnostic
         users = oracle_groups(users, _train_user_types(run_dir), names)
         how = "ORACLE: the simulator's true user types (a diagnostic, not a method)"
