@@ -116,21 +116,30 @@ def tree_memory(root_pid: int) -> int:
     return total
 
 
-def tree_cpu(root_pid: int) -> float:
-    """CPU seconds (user + system) used so far by the tree, reaped children included."""
-    psutil, total = _psutil(), 0.0
+def tree_cpu_by_pid(root_pid: int) -> dict:
+    """``{(pid, create_time): CPU seconds}`` of each process of the tree (own time only)."""
+    psutil, out = _psutil(), {}
     for proc in _tree(root_pid):
         try:
             t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
+            out[(proc.pid, proc.create_time())] = t.user + t.system
         except psutil.Error:
             continue
-    return total
+    return out
+
+
+def cpu_used(start: dict, last: dict) -> float:
+    """CPU seconds the tree used between two :func:`tree_cpu_by_pid` views: each process's
+    last seen time less its time at the start (0 for one started since). A process that
+    exits between samples keeps its last sample instead of dropping out of a plain sum of
+    the living (which made the total negative when Ray workers exited)."""
+    return sum(max(0.0, cpu - start.get(key, 0.0)) for key, cpu in last.items())
 
 
 class TreeUsage:
     """``with TreeUsage() as use: ...`` -> peak and starting PSS sum (bytes) and CPU seconds
-    of this process and every process it started (a local Ray: GCS, raylet, workers).
+    of this process and every process it started (a local Ray: GCS, raylet, workers); a
+    process that exits counts up to its last sample (:func:`cpu_used`).
 
     CPU seconds hardly move with the machine's load, unlike wall time. Reading PSS walks each
     process's page tables (~3-5 ms a Ray process here), so the sampler waits ``interval`` or
@@ -148,6 +157,7 @@ class TreeUsage:
     def _sample(self) -> float:
         began = time.thread_time()  # CPU, not wall: a loaded machine must not thin the samples
         self.peak = max(self.peak, tree_memory(self.root_pid))
+        self._last_cpu.update(tree_cpu_by_pid(self.root_pid))
         self.samples += 1
         return time.thread_time() - began
 
@@ -157,17 +167,18 @@ class TreeUsage:
 
     def __enter__(self) -> "TreeUsage":
         self._began = time.perf_counter()
+        self._last_cpu: dict = {}
         self._cost = self._sample()
         self.start = self.peak
-        self._cpu = tree_cpu(self.root_pid)
+        self._cpu = dict(self._last_cpu)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.cpu_seconds = tree_cpu(self.root_pid) - self._cpu
         self._sample()
+        self.cpu_seconds = cpu_used(self._cpu, self._last_cpu)
         self.mean_interval = (time.perf_counter() - self._began) / max(1, self.samples - 1)
 
 
