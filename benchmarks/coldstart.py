@@ -18,6 +18,8 @@ a seeded random order, or the active choice) and is scored on its own test compa
               population or the mean user, when it beat the group vector by more than an SE
               on the group's seen users' validation rows)
 * group-active  the same, asking the comparisons the groups disagree on most, one at a time
+* group-flat, group-active-flat  group and group-active with a flat placement prior (1/G)
+              in place of the groups' user shares
 * group-vector  the same as group, always starting at the group's vector (the rule before
               starts were chosen on validation)
 * group-meanoff the same as group with each group's mean user offset as its vector (the first
@@ -41,7 +43,8 @@ import numpy as np
 
 DEFAULT_OUT = "bench_out/coldstart"
 KS = (0, 1, 2, 5, 10)
-METHODS = ("mean", "population", "group", "group-active", "group-vector", "group-meanoff")
+METHODS = ("mean", "population", "group", "group-active", "group-flat", "group-active-flat",
+           "group-vector", "group-meanoff")
 
 
 def _config(args, data_dir: str):
@@ -137,10 +140,11 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
         group_start,
         group_vectors,
         place_user,
+        placement_prior,
         posterior,
     )
 
-    names, vectors, prior = group_vectors(model)
+    names, vectors, shares = group_vectors(model)
     order = rng.permutation(len(pool[0]))
     out: dict = {m: {} for m in METHODS}
     pool_margins = group_margins(model, torch.from_numpy(pool[0]), torch.from_numpy(pool[1]),
@@ -148,9 +152,10 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
     for k in ks:
         k_eff = min(k, len(order))
         chosen_rows = order[:k_eff]
-        for method in ("mean", "population", "group"):
+        for method in ("mean", "population", "group", "group-flat"):
             placed = place_user(model, pool[0][chosen_rows], pool[1][chosen_rows],
-                                place=method, shrinkage=shrinkage)
+                                place=method.split("-")[0], shrinkage=shrinkage,
+                                prior="flat" if method == "group-flat" else "share")
             hits = _accuracy(model, placed.vector, *test)
             out[method][k] = (int(hits.sum()), len(hits), placed.group == lowest)
             if method == "group":
@@ -166,17 +171,19 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
             vector = fit_offset(model, pc, pr, m_vectors[best], shrinkage)
             hits = _accuracy(model, vector, *test)
             out["group-meanoff"][k] = (int(hits.sum()), len(hits), m_names[best] == lowest)
-        asked: list = []
-        post = posterior(pool_margins[:0], prior)
-        for _ in range(k_eff):
-            asked.append(choose_next(pool_margins, post, set(asked)))
-            post = posterior(pool_margins[asked], prior)
-        best = int(post.argmax())
-        vector = fit_offset(model, torch.from_numpy(pool[0][asked]),
-                            torch.from_numpy(pool[1][asked]),
-                            group_start(model, names, vectors, best), shrinkage)
-        hits = _accuracy(model, vector, *test)
-        out["group-active"][k] = (int(hits.sum()), len(hits), names[best] == lowest)
+        for method, kind in (("group-active", "share"), ("group-active-flat", "flat")):
+            prior = placement_prior(shares, kind)
+            asked: list = []
+            post = posterior(pool_margins[:0], prior)
+            for _ in range(k_eff):
+                asked.append(choose_next(pool_margins, post, set(asked)))
+                post = posterior(pool_margins[asked], prior)
+            best = int(post.argmax())
+            vector = fit_offset(model, torch.from_numpy(pool[0][asked]),
+                                torch.from_numpy(pool[1][asked]),
+                                group_start(model, names, vectors, best), shrinkage)
+            hits = _accuracy(model, vector, *test)
+            out[method][k] = (int(hits.sum()), len(hits), names[best] == lowest)
     return out
 
 

@@ -65,7 +65,8 @@ def read_answers(path: str, user: str | None = None) -> dict:
 
 
 def adapt(model_source: str, answers: str, output: str, *, user: str | None = None,
-          place: str = "group", shrinkage: float = 1.0, vectors_only: bool = False) -> dict:
+          place: str = "group", shrinkage: float = 1.0, prior: str = "share",
+          vectors_only: bool = False) -> dict:
     """Place every user of ``answers`` in the student; write ``output``; a summary per user."""
     from pafo_ray.models import RewardModel
 
@@ -79,7 +80,8 @@ def adapt(model_source: str, answers: str, output: str, *, user: str | None = No
                               f"{model_source}; adapt adds new users only")
     summary = {}
     for uid, (prompts, chosen, rejected) in by_user.items():
-        placed = model.fit_user(uid, prompts, chosen, rejected, place=place, shrinkage=shrinkage)
+        placed = model.fit_user(uid, prompts, chosen, rejected, place=place, shrinkage=shrinkage,
+                                prior=prior)
         summary[uid] = {"vector": [round(float(v), 6) for v in placed.vector],
                         "group": placed.group, "answers": len(prompts),
                         "posterior": {g: round(p, 6) for g, p in placed.posterior.items()}}

@@ -214,6 +214,11 @@ def add_use_commands(sub) -> None:
                        "user_id column")
     adapt.add_argument("--place", default="group", choices=["group", "population", "mean"],
                        help="start: the group posterior's group (fair), offset 0, or the mean user")
+    adapt.add_argument("--prior", default="share", choices=["share", "flat"],
+                       help="placement prior: each group's share of the trained users, or flat "
+                       "(1/G: a small group's size does not count against its members; on "
+                       "builtin-80, 3 seeds, it cut the type gap after 5 answers 7.5 -> 2.3 "
+                       "points at 1.2 points to the majority: BENCHMARKS.md)")
     adapt.add_argument("--shrinkage", type=float, default=None,
                        help="pull of the offset towards its start (default: the cold-start "
                        "default, pafo_ray.coldstart.DEFAULT_SHRINKAGE)")
@@ -252,7 +257,7 @@ def _adapt(args) -> int:
     shrinkage = DEFAULT_SHRINKAGE if args.shrinkage is None else args.shrinkage
     try:
         summary = adapt(args.model, args.answers, args.output, user=args.user, place=args.place,
-                        shrinkage=shrinkage, vectors_only=args.vectors_only)
+                        shrinkage=shrinkage, prior=args.prior, vectors_only=args.vectors_only)
     except (AdaptInputError, FileNotFoundError, ValueError) as exc:
         print(f"pafo-ray adapt: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,8 @@ saves it (``group_vectors.json``; :func:`fit_group_vectors`). A model without th
 back to the mean user offset of each group's users (worse on builtin-80: BENCHMARKS.md). With
 comparisons ``(φ_chosen_i, φ_rejected_i)`` a new user is placed by the mixture's posterior
 
-    p(k | answers) ∝ π_k · Π_i σ(r_k(chosen_i) − r_k(rejected_i)),   π_k = the group's user share,
+    p(k | answers) ∝ π_k · Π_i σ(r_k(chosen_i) − r_k(rejected_i)),   π_k = the group's user share
+                                                                     (``prior="flat"``: 1/G),
 
 starts from ``v_k`` of the most probable group, and fits ``e = v_k + δ`` by Bradley–Terry on
 its answers with ``shrinkage · ||δ||²`` (the head held fixed). Where validation found a better
@@ -36,6 +37,9 @@ from pafo_ray.grouping import ridge_newton
 from pafo_ray.metrics import accuracy_se
 
 PLACES = ("group", "population", "mean")
+# The placement prior π_k: "share" = each group's share of the trained users (the mixture's
+# own prior), "flat" = 1/G (the group sizes do not count against a small group's members).
+PRIORS = ("share", "flat")
 # The pull of a new user's offset towards its start. Chosen on builtin-80 seed 0 (grid 0.1, 1,
 # 3, 10, 30: minority-type accuracy after 5 answers rose to 3 and stayed flat above it);
 # reported on another seed in BENCHMARKS.md.
@@ -167,6 +171,13 @@ def group_margins(model, phi_chosen: torch.Tensor, phi_rejected: torch.Tensor,
     return margin.reshape(n, groups).double()
 
 
+def placement_prior(prior: torch.Tensor, kind: str = "share") -> torch.Tensor:
+    """``[G]`` π for :func:`posterior`: ``prior`` (the groups' user shares) or flat."""
+    if kind not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {kind!r}")
+    return prior if kind == "share" else torch.full_like(prior, 1.0 / prior.numel())
+
+
 def posterior(margins: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """``[G]`` p(group | answers) from ``margins [n, G]`` of the answered comparisons."""
     log = prior.log() + F.logsigmoid(margins).sum(dim=0)
@@ -235,16 +246,18 @@ def newton_offset(x: torch.Tensor, weight: torch.Tensor, shrinkage: float,
 
 
 def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
-               shrinkage: float = DEFAULT_SHRINKAGE) -> Placement:
-    """Where a new user starts and the offset fitted to its answers (no table change)."""
+               shrinkage: float = DEFAULT_SHRINKAGE, prior: str = "share") -> Placement:
+    """Where a new user starts and the offset fitted to its answers (no table change).
+    ``prior``: the placement prior (:data:`PRIORS`)."""
     if place not in PLACES:
         raise ValueError(f"place must be one of {PLACES}, got {place!r}")
     phi_chosen = torch.as_tensor(np.asarray(phi_chosen, dtype=np.float32))
     phi_rejected = torch.as_tensor(np.asarray(phi_rejected, dtype=np.float32))
     table = model.head.user_embedding.weight.detach()
     if place == "group":
-        names, vectors, prior = group_vectors(model)
-        post = posterior(group_margins(model, phi_chosen, phi_rejected, vectors), prior)
+        names, vectors, shares = group_vectors(model)
+        post = posterior(group_margins(model, phi_chosen, phi_rejected, vectors),
+                         placement_prior(shares, prior))
         best = int(post.argmax())
         result = Placement(place, names[best], dict(zip(names, post.tolist())),
                            group_start(model, names, vectors, best))
@@ -257,7 +270,8 @@ def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
 
 
 def fit_user(model, user_id: str, prompts, chosen, rejected, *, embeddings=None,
-             place: str = "group", shrinkage: float = DEFAULT_SHRINKAGE) -> Placement:
+             place: str = "group", shrinkage: float = DEFAULT_SHRINKAGE,
+             prior: str = "share") -> Placement:
     """Add ``user_id`` to ``model`` from its answered comparisons (see the module doc).
 
     ``embeddings``: optional ``(φ_chosen [n, D], φ_rejected [n, D])``, else the backbone embeds
@@ -268,7 +282,7 @@ def fit_user(model, user_id: str, prompts, chosen, rejected, *, embeddings=None,
         phi_r = model.embed_texts(prompts, rejected).cpu()
     else:
         phi_c, phi_r = embeddings
-    result = place_user(model, phi_c, phi_r, place=place, shrinkage=shrinkage)
+    result = place_user(model, phi_c, phi_r, place=place, shrinkage=shrinkage, prior=prior)
     model.add_user(user_id, result.vector)
     if result.group is not None:
         model.user_groups[str(user_id)] = result.group

@@ -48,6 +48,14 @@ def test_adapt_adds_users_that_score_with_their_fitted_vector(student_dir, tmp_p
     assert set(vectors) == {"new1", "new2"} and vectors["new1"]["answers"] == 3
     assert set(vectors["new1"]["posterior"]) == {"minority", "majority"}
     assert vectors["new1"]["group"] in ("minority", "majority")
+    # --prior flat: the smaller group's posterior rises for every user (its prior does).
+    assert main(["adapt", str(student_dir / "student"), answers, str(tmp_path / "flat.json"),
+                 "--vectors-only", "--prior", "flat"]) == 0
+    flat = json.loads((tmp_path / "flat.json").read_text())
+    groups = RewardModel.from_pretrained(student_dir / "student").user_groups.values()
+    small = min(("minority", "majority"), key=lambda g: sum(1 for v in groups if v == g))
+    rises = [flat[u]["posterior"][small] - vectors[u]["posterior"][small] for u in flat]
+    assert all(d >= 0 for d in rises) and any(d > 0 for d in rises), rises
     out = tmp_path / "adapted"
     assert main(["adapt", str(student_dir / "student"), answers, str(out)]) == 0
     assert "new1: 3 answers, group" in capsys.readouterr().out

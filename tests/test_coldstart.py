@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pafo_ray.coldstart import choose_next, group_margins, group_vectors, place_user, posterior
+from pafo_ray.coldstart import (
+    choose_next,
+    group_margins,
+    group_vectors,
+    place_user,
+    placement_prior,
+    posterior,
+)
 from pafo_ray.config import ModelConfig
 from pafo_ray.models import RewardModel
 
@@ -71,6 +78,27 @@ def test_a_planted_minority_user_is_placed_in_the_minority_and_scored_like_it():
     assert place_user(model, chosen, rejected).group == "majority"
     # No answers: the prior (the larger group).
     assert place_user(model, chosen[:0], rejected[:0]).group == "majority"
+
+
+def test_a_flat_prior_lets_weak_evidence_place_a_user_in_the_small_group():
+    """One answer with W(φc − φr) = (0, 1): the majority's margin is 0 (σ = 0.5), the
+    minority's 1.5 (σ = 0.8176). Share prior 0.8 / 0.2: 0.8·0.5 = 0.4 against
+    0.2·0.8176 = 0.1635, posterior majority 0.4 / 0.5635 = 0.710; flat: minority
+    0.8176 / 1.3176 = 0.621."""
+    model = hand_model()
+    chosen = np.zeros((1, D), dtype=np.float32)
+    chosen[0, 1] = 1.0
+    rejected = np.zeros((1, D), dtype=np.float32)
+    share = place_user(model, chosen, rejected)
+    assert share.group == "majority"
+    assert share.posterior["majority"] == pytest.approx(0.4 / (0.4 + 0.2 * 0.817574), abs=1e-4)
+    flat = place_user(model, chosen, rejected, prior="flat")
+    assert flat.group == "minority"
+    assert flat.posterior["minority"] == pytest.approx(0.817574 / 1.317574, abs=1e-4)
+    torch.testing.assert_close(placement_prior(torch.tensor([0.8, 0.2]), "flat"),
+                               torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="prior"):
+        place_user(model, chosen, rejected, prior="uniform")
 
 
 def test_fit_user_adds_a_scorable_row():
