@@ -27,7 +27,9 @@ a seeded random order, or the active choice) and is scored on its own test compa
 
 Accuracy is pooled over the held-out users' test rows, by true type (the simulator's
 user_type, never an input). ``placed`` is the share of minority-type users placed in the
-student's lowest-support group. Writes ``coldstart.md`` and ``coldstart.json`` under ``--out``.
+student's lowest-support group. After each table: the type gap (majority − minority) at k = 5
+for each method with a 95% interval from 1,000 resamples of the held-out users (the same draws
+for every method). Writes ``coldstart.md`` and ``coldstart.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy as np
 
 DEFAULT_OUT = "bench_out/coldstart"
 KS = (0, 1, 2, 5, 10)
+GOAL_K = 5  # issue 19's goal: the type gap after this many answers, with a user-bootstrap interval
 METHODS = ("mean", "population", "group", "group-active", "group-flat", "group-active-flat",
            "group-vector", "group-meanoff")
 
@@ -254,12 +257,13 @@ def run(args) -> dict:
                      for s in ("chosen", "rejected"))
         test = tuple(_phi(model, cache, test_rows["prompt"].tolist(), test_rows[s].tolist())
                      for s in ("chosen", "rejected"))
-        users.append((rows["user_type"].iloc[0], pool, test))
-    tables = {}
+        users.append((user, rows["user_type"].iloc[0], pool, test))
+    tables, gaps = {}, {}
     for shrinkage in args.shrinkage:
         rng = np.random.default_rng(args.seed)  # the same answer orders for every shrinkage
         tallies: dict = {}
-        for kind, pool, test in users:
+        at_goal: dict = {}  # method -> [(user, type, hits, rows)] at k = GOAL_K
+        for user, kind, pool, test in users:
             result = evaluate_user(model, pool, test, ks=args.ks, shrinkage=shrinkage, rng=rng,
                                    lowest=lowest, meanoff=meanoff)
             for method, by_k in result.items():
@@ -269,14 +273,34 @@ def run(args) -> dict:
                     t[1] += n
                     t[2] += placed
                     t[3] += 1
+                    if k == GOAL_K:
+                        at_goal.setdefault(method, []).append((user, kind, hits, n))
         tables[str(shrinkage)] = {
             f"{kind}|{method}|{k}": {"accuracy": t[0] / t[1], "rows": t[1],
                                      "placed_lowest": t[2] / t[3], "users": t[3]}
             for (kind, method, k), t in sorted(tallies.items())}
+        gaps[str(shrinkage)] = {m: gap_interval(rows, seed=args.seed) for m, rows in at_goal.items()}
     return {"dataset": args.dataset, "seed": args.seed, "holdout": args.holdout,
             "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
             "backbone": cfg.model.backbone, "starts": starts,
-            "run": str(ctx.run_dir.root), "tables": tables}
+            "run": str(ctx.run_dir.root), "tables": tables, "gaps_at_goal": gaps}
+
+
+def gap_interval(per_user: list, seed: int = 0, resamples: int = 1000) -> dict:
+    """Majority-type minus minority-type accuracy, rows pooled, and its 95% percentile
+    interval over resamples of the users (pafo_ray.bootstrap, the evaluate stage's user
+    bootstrap). ``per_user``: ``[(user_id, user_type, correct rows, rows)]``."""
+    import pandas as pd
+
+    from pafo_ray.bootstrap import bootstrap_by_user, gap_stat
+
+    frame = pd.DataFrame([{"user_id": u, "user_type": t, "margin": 1.0 if i < hits else -1.0}
+                          for u, t, hits, n in per_user for i in range(n)])
+    if frame.empty or frame["user_type"].nunique() < 2:
+        return {"gap": None, "low": None, "high": None}
+    stat = gap_stat("user_type", "minority", "majority")
+    low, high = bootstrap_by_user(frame, stat, n=resamples, seed=seed)
+    return {"gap": stat.point(frame), "low": low, "high": high}
 
 
 def render(result: dict, command: str) -> str:
@@ -293,6 +317,13 @@ def render(result: dict, command: str) -> str:
     lines.append("")
     for shrinkage, table in result["tables"].items():
         lines += _render_table(table, shrinkage)
+        gaps = (result.get("gaps_at_goal") or {}).get(shrinkage) or {}
+        cells = [f"{m} {100 * g['gap']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]"
+                 for m in METHODS if (g := gaps.get(m)) and g["gap"] is not None
+                 and g["low"] is not None]
+        if cells:
+            lines += [f"Type gap (majority − minority) at k={GOAL_K}, 95% user-bootstrap "
+                      "interval: " + "; ".join(cells), ""]
     return "\n".join(lines) + "\n"
 
 
