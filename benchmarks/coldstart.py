@@ -155,10 +155,11 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
     for k in ks:
         k_eff = min(k, len(order))
         chosen_rows = order[:k_eff]
-        for method in ("mean", "population", "group", "group-flat"):
+        for method, place, kind in (("mean", "mean", "share"),
+                                    ("population", "population", "share"),
+                                    ("group", "group", "share"), ("group-flat", "group", "flat")):
             placed = place_user(model, pool[0][chosen_rows], pool[1][chosen_rows],
-                                place=method.split("-")[0], shrinkage=shrinkage,
-                                prior="flat" if method == "group-flat" else "share")
+                                place=place, shrinkage=shrinkage, prior=kind)
             hits = _accuracy(model, placed.vector, *test)
             out[method][k] = (int(hits.sum()), len(hits), placed.group == lowest)
             if method == "group":

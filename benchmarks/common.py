@@ -104,10 +104,11 @@ def _tree(root_pid: int) -> list:
         return []
 
 
-def tree_memory(root_pid: int) -> int:
-    """Summed PSS (RSS where PSS cannot be read) of ``root_pid`` and all its descendants."""
+def tree_memory(root_pid: int, procs: list | None = None) -> int:
+    """Summed PSS (RSS where PSS cannot be read) of ``root_pid`` and all its descendants
+    (``procs``: the tree already listed by ``_tree``)."""
     psutil, total = _psutil(), 0
-    for proc in _tree(root_pid):
+    for proc in _tree(root_pid) if procs is None else procs:
         try:
             info = proc.memory_full_info()
             total += getattr(info, "pss", 0) or info.rss
@@ -116,10 +117,10 @@ def tree_memory(root_pid: int) -> int:
     return total
 
 
-def tree_cpu_by_pid(root_pid: int) -> dict:
+def tree_cpu_by_pid(root_pid: int, procs: list | None = None) -> dict:
     """``{(pid, create_time): CPU seconds}`` of each process of the tree (own time only)."""
     psutil, out = _psutil(), {}
-    for proc in _tree(root_pid):
+    for proc in _tree(root_pid) if procs is None else procs:
         try:
             t = proc.cpu_times()
             out[(proc.pid, proc.create_time())] = t.user + t.system
@@ -156,8 +157,9 @@ class TreeUsage:
 
     def _sample(self) -> float:
         began = time.thread_time()  # CPU, not wall: a loaded machine must not thin the samples
-        self.peak = max(self.peak, tree_memory(self.root_pid))
-        self._last_cpu.update(tree_cpu_by_pid(self.root_pid))
+        procs = _tree(self.root_pid)  # one walk of the process tree for both readings
+        self.peak = max(self.peak, tree_memory(self.root_pid, procs))
+        self._last_cpu.update(tree_cpu_by_pid(self.root_pid, procs))
         self.samples += 1
         return time.thread_time() - began
 

@@ -251,6 +251,7 @@ def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
     ``prior``: the placement prior (:data:`PRIORS`)."""
     if place not in PLACES:
         raise ValueError(f"place must be one of {PLACES}, got {place!r}")
+    placement_prior(torch.ones(1), prior)  # a bad prior is an error whatever the place
     phi_chosen = torch.as_tensor(np.asarray(phi_chosen, dtype=np.float32))
     phi_rejected = torch.as_tensor(np.asarray(phi_rejected, dtype=np.float32))
     table = model.head.user_embedding.weight.detach()

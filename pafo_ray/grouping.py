@@ -135,6 +135,7 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
     if sizes not in ("quantile", "estimate"):
         raise ValueError(f"groups.sizes must be 'quantile' or 'estimate', got {sizes!r}")
     fallback, mixing = None, None
+    kept = "quantile" if num_groups == 2 and keep_sizes else "likelihood"
     if sizes == "estimate" and num_groups > 1:
         estimated = _estimate_sizes(x, user_index, groups, has_rows, iterations, l2)
         counts = torch.bincount(estimated.groups[has_rows], minlength=num_groups)
@@ -142,7 +143,9 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
             return estimated
         fallback = (f"estimate left group {int(counts.argmin())} with {int(counts.min())} "
                     f"user(s) (< {min_users}; last round's mixing weights "
-                    f"{estimated.mixing[-1]}): quantile sizes used")
+                    f"{estimated.mixing[-1]}): "
+                    + ("quantile sizes used" if kept == "quantile"
+                       else "each user in its most likely group"))
         mixing = estimated.mixing  # kept for the record
     for _ in range(iterations):
         row_group = groups[user_index]
@@ -158,7 +161,7 @@ def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Ten
         moved.append(int((new != groups).sum()))
         groups = new
     return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved, mixing,
-                         sizes_used="quantile" if num_groups == 2 and keep_sizes else "likelihood",
+                         sizes_used=kept,
                          fallback=fallback)
 
 
