@@ -18,6 +18,7 @@ a seeded random order, or the active choice) and is scored on its own test compa
               population or the mean user, when it beat the group vector by more than an SE
               on the group's seen users' validation rows)
 * group-active  the same, asking the comparisons the groups disagree on most, one at a time
+              (pafo_ray.active.ActiveSession, the API a user drives)
 * group-flat, group-active-flat  group and group-active with a flat placement prior (1/G)
               in place of the groups' user shares
 * group-vector  the same as group, always starting at the group's vector (the rule before
@@ -29,7 +30,10 @@ Accuracy is pooled over the held-out users' test rows, by true type (the simulat
 user_type, never an input). ``placed`` is the share of minority-type users placed in the
 student's lowest-support group. After each table: the type gap (majority − minority) at k = 5
 for each method with a 95% interval from 1,000 resamples of the held-out users (the same draws
-for every method). Writes ``coldstart.md`` and ``coldstart.json`` under ``--out``.
+for every method), and each method's majority-type accuracy minus the fallback's on the same
+users (paired interval). Writes ``coldstart.md`` and ``coldstart.json`` (with each held-out
+user's k = 5 counts) under ``--out``. ``--pool A/coldstart.json B/coldstart.json ...`` runs
+nothing: it pools those seeds' users for the same two figures (``coldstart_pooled.md``).
 """
 
 from __future__ import annotations
@@ -136,22 +140,12 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
     ``meanoff``: (names, [G, K] mean user offsets, prior) for ``group-meanoff``."""
     import torch
 
-    from pafo_ray.coldstart import (
-        choose_next,
-        fit_offset,
-        group_margins,
-        group_start,
-        group_vectors,
-        place_user,
-        placement_prior,
-        posterior,
-    )
+    from pafo_ray.active import ActiveSession
+    from pafo_ray.coldstart import fit_offset, group_margins, group_vectors, place_user, posterior
 
-    names, vectors, shares = group_vectors(model)
+    names, vectors, _ = group_vectors(model)
     order = rng.permutation(len(pool[0]))
     out: dict = {m: {} for m in METHODS}
-    pool_margins = group_margins(model, torch.from_numpy(pool[0]), torch.from_numpy(pool[1]),
-                                 vectors)
     for k in ks:
         k_eff = min(k, len(order))
         chosen_rows = order[:k_eff]
@@ -175,19 +169,16 @@ def evaluate_user(model, pool, test, *, ks, shrinkage, rng, lowest: str,
             vector = fit_offset(model, pc, pr, m_vectors[best], shrinkage)
             hits = _accuracy(model, vector, *test)
             out["group-meanoff"][k] = (int(hits.sum()), len(hits), m_names[best] == lowest)
-        for method, kind in (("group-active", "share"), ("group-active-flat", "flat")):
-            prior = placement_prior(shares, kind)
-            asked: list = []
-            post = posterior(pool_margins[:0], prior)
-            for _ in range(k_eff):
-                asked.append(choose_next(pool_margins, post, set(asked)))
-                post = posterior(pool_margins[asked], prior)
-            best = int(post.argmax())
-            vector = fit_offset(model, torch.from_numpy(pool[0][asked]),
-                                torch.from_numpy(pool[1][asked]),
-                                group_start(model, names, vectors, best), shrinkage)
-            hits = _accuracy(model, vector, *test)
-            out[method][k] = (int(hits.sum()), len(hits), names[best] == lowest)
+    # The active rules through the library's session (pafo_ray.active): the pool's pairs are
+    # the user's own comparisons, a = the response it chose, so every answer is "a".
+    for method, kind in (("group-active", "share"), ("group-active-flat", "flat")):
+        session = ActiveSession(model, pool[0], pool[1], prior=kind, shrinkage=shrinkage)
+        for k in sorted(ks):
+            while len(session.asked) < min(k, len(session)):
+                session.answer(session.next(), prefers_a=True)
+            placed = session.place()
+            hits = _accuracy(model, placed.vector, *test)
+            out[method][k] = (int(hits.sum()), len(hits), placed.group == lowest)
     return out
 
 
@@ -259,7 +250,7 @@ def run(args) -> dict:
         test = tuple(_phi(model, cache, test_rows["prompt"].tolist(), test_rows[s].tolist())
                      for s in ("chosen", "rejected"))
         users.append((user, rows["user_type"].iloc[0], pool, test))
-    tables, gaps = {}, {}
+    tables, gaps, per_user, majority = {}, {}, {}, {}
     for shrinkage in args.shrinkage:
         rng = np.random.default_rng(args.seed)  # the same answer orders for every shrinkage
         tallies: dict = {}
@@ -281,27 +272,107 @@ def run(args) -> dict:
                                      "placed_lowest": t[2] / t[3], "users": t[3]}
             for (kind, method, k), t in sorted(tallies.items())}
         gaps[str(shrinkage)] = {m: gap_interval(rows, seed=args.seed) for m, rows in at_goal.items()}
+        per_user[str(shrinkage)] = at_goal
+        majority[str(shrinkage)] = {m: majority_difference(rows, at_goal["mean"], seed=args.seed)
+                                    for m, rows in at_goal.items() if m != "mean"}
     return {"dataset": args.dataset, "seed": args.seed, "holdout": args.holdout,
             "held_out_users": len(held), "train_seconds": round(train_seconds, 1),
             "backbone": cfg.model.backbone, "starts": starts,
-            "run": str(ctx.run_dir.root), "tables": tables, "gaps_at_goal": gaps}
+            "run": str(ctx.run_dir.root), "tables": tables, "gaps_at_goal": gaps,
+            "majority_vs_fallback": majority, "users_at_goal": per_user}
 
 
 def gap_interval(per_user: list, seed: int = 0, resamples: int = 1000) -> dict:
     """Majority-type minus minority-type accuracy, rows pooled, and its 95% percentile
     interval over resamples of the users (pafo_ray.bootstrap, the evaluate stage's user
     bootstrap). ``per_user``: ``[(user_id, user_type, correct rows, rows)]``."""
-    import pandas as pd
-
     from pafo_ray.bootstrap import bootstrap_by_user, gap_stat
 
-    frame = pd.DataFrame([{"user_id": u, "user_type": t, "margin": 1.0 if i < hits else -1.0}
-                          for u, t, hits, n in per_user for i in range(n)])
+    frame = _frame(per_user)
     if frame.empty or frame["user_type"].nunique() < 2:
         return {"gap": None, "low": None, "high": None}
     stat = gap_stat("user_type", "minority", "majority")
     low, high = bootstrap_by_user(frame, stat, n=resamples, seed=seed)
     return {"gap": stat.point(frame), "low": low, "high": high}
+
+
+def _frame(per_user: list, prefix: str = ""):
+    """One row per test comparison: ``user_id``, ``user_type``, ``row_id`` and a margin of
+    +1 (correct) or −1, from ``[(user_id, user_type, correct rows, rows)]``."""
+    import pandas as pd
+
+    return pd.DataFrame([{"user_id": f"{prefix}{u}", "user_type": t, "row_id": f"{prefix}{u}:{i}",
+                          "margin": 1.0 if i < hits else -1.0}
+                         for u, t, hits, n in per_user for i in range(n)])
+
+
+def majority_difference(per_user: list, fallback: list, seed: int = 0,
+                        resamples: int = 1000) -> dict:
+    """Majority-type accuracy of a method minus the mean-user fallback's on the same users
+    and test rows, with a 95% paired user-bootstrap interval (the goal's second half: the
+    majority no worse than the fallback). ``{"diff", "low", "high"}``; ``None``s without
+    majority-type users."""
+    from pafo_ray.bootstrap import accuracy_stat, paired_difference
+
+    def majority(rows):
+        return _frame([r for r in rows if r[1] == "majority"])
+
+    a, b = majority(per_user), majority(fallback)
+    if a.empty:
+        return {"diff": None, "low": None, "high": None}
+    out = paired_difference(a, b, accuracy_stat("user_type", "majority"), n=resamples, seed=seed)
+    return {"diff": out["diff"], "low": out["lo"], "high": out["hi"]}
+
+
+def pool(results: list, resamples: int = 1000) -> dict:
+    """The k = 5 goal over several runs' held-out users together (each run's users are
+    distinct people: ids are prefixed with the run's seed): per shrinkage and method, the
+    pooled type gap and the majority's difference from the fallback, each with its 95%
+    user-bootstrap interval, and the number of users of each type."""
+    out: dict = {}
+    shrinkages = set.intersection(*(set(r.get("users_at_goal") or {}) for r in results))
+    for shrinkage in sorted(shrinkages, key=float):
+        rows: dict = {}
+        for r in results:
+            for method, users in r["users_at_goal"][shrinkage].items():
+                rows.setdefault(method, []).extend(
+                    (f"s{r['seed']}:{u}", t, hits, n) for u, t, hits, n in users)
+        out[shrinkage] = {
+            method: {"gap": gap_interval(users, resamples=resamples),
+                     "majority_vs_fallback": majority_difference(users, rows["mean"],
+                                                                 resamples=resamples),
+                     "users": {t: sum(1 for u in users if u[1] == t)
+                               for t in ("majority", "minority")}}
+            for method, users in rows.items()}
+    return {"seeds": [r["seed"] for r in results], "dataset": results[0]["dataset"],
+            "pooled": out}
+
+
+def render_pool(pooled: dict, command: str) -> str:
+    lines = [f"## Cold start pooled over seeds {pooled['seeds']}, {pooled['dataset']}", "",
+             f"Command: `{command}`", "",
+             f"At k={GOAL_K} answers: the type gap (majority − minority accuracy, rows pooled) and "
+             "the majority-type difference from the mean-user fallback on the same users, each "
+             "with a 95% user-bootstrap interval.", ""]
+    for shrinkage, methods in pooled["pooled"].items():
+        lines += [f"Offset shrinkage {shrinkage}:", "",
+                  "| method | users (maj / min) | gap | majority − fallback |", "|---|---|---|---|"]
+        for method in METHODS:
+            c = methods.get(method)
+            if c is None:
+                continue
+            lines.append(f"| {method} | {c['users']['majority']} / {c['users']['minority']} | "
+                         f"{_points(c['gap'], 'gap')} | {_points(c['majority_vs_fallback'], 'diff')} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _points(c: dict, key: str) -> str:
+    if c.get(key) is None:
+        return "—"
+    if c.get("low") is None:
+        return f"{100 * c[key]:+.1f}"
+    return f"{100 * c[key]:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
 
 
 def render(result: dict, command: str) -> str:
@@ -325,6 +396,12 @@ def render(result: dict, command: str) -> str:
         if cells:
             lines += [f"Type gap (majority − minority) at k={GOAL_K}, 95% user-bootstrap "
                       "interval: " + "; ".join(cells), ""]
+        diffs = (result.get("majority_vs_fallback") or {}).get(shrinkage) or {}
+        cells = [f"{m} {_points(d, 'diff')}" for m in METHODS
+                 if (d := diffs.get(m)) and d["diff"] is not None]
+        if cells:
+            lines += [f"Majority-type accuracy minus the mean-user fallback's at k={GOAL_K} "
+                      "(same users, paired 95% interval): " + "; ".join(cells), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -367,8 +444,14 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default=None,
                         help="model.backbone (default: the quality suite's minilm)")
     parser.add_argument("--smoke", action="store_true", help="tiny data (CI)")
+    parser.add_argument("--pool", nargs="+", metavar="COLDSTART_JSON", default=None,
+                        help="no run: pool the k=5 goal over these runs' coldstart.json "
+                             "(one per seed) and write coldstart_pooled.md/.json under --out")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.coldstart " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.pool:
+        return _main_pool(args, command.strip())
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.smoke and args.out == DEFAULT_OUT:
         args.out = DEFAULT_OUT + "-smoke"
@@ -376,7 +459,6 @@ def main(argv=None) -> int:
     from benchmarks.common import record
 
     result = run(args)
-    command = "python -m benchmarks.coldstart " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(result, command.strip())
     (Path(args.out) / "coldstart.md").write_text(text)
     (Path(args.out) / "coldstart.json").write_text(json.dumps(result, indent=2))
@@ -387,6 +469,27 @@ def main(argv=None) -> int:
             if row:
                 record("coldstart", f"minority-type unseen users, acc after 5 answers "
                        f"({method}, shrinkage {shrinkage})", 100 * row["accuracy"], unit="%")
+    return 0
+
+
+def _main_pool(args, command: str) -> int:
+    results = []
+    for path in args.pool:
+        result = json.loads(Path(path).read_text())
+        if not result.get("users_at_goal"):
+            raise SystemExit(f"{path}: no per-user results (users_at_goal); rescore the run with "
+                             "this version of benchmarks.coldstart (a finished run rescoring "
+                             "needs no pipeline)")
+        results.append(result)
+    if len({r["seed"] for r in results}) != len(results):
+        raise SystemExit("--pool: two runs share a seed; pool distinct seeds (distinct users)")
+    pooled = pool(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = render_pool(pooled, command)
+    (out / "coldstart_pooled.md").write_text(text)
+    (out / "coldstart_pooled.json").write_text(json.dumps(pooled, indent=2))
+    print(text)
     return 0
 
 

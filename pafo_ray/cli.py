@@ -217,8 +217,8 @@ def add_use_commands(sub) -> None:
     adapt.add_argument("--prior", default="share", choices=["share", "flat"],
                        help="placement prior: each group's share of the trained users, or flat "
                        "(1/G: a small group's size does not count against its members; on "
-                       "builtin-80, 3 seeds, it cut the type gap after 5 answers 7.5 -> 2.3 "
-                       "points at 1.2 points to the majority: BENCHMARKS.md)")
+                       "builtin-80, 5 seeds pooled, it cut the type gap after 5 answers from "
+                       "6.6 to 1.7 points at 1.5 points to the majority: BENCHMARKS.md)")
     adapt.add_argument("--shrinkage", type=float, default=None,
                        help="pull of the offset towards its start (default: the cold-start "
                        "default, pafo_ray.coldstart.DEFAULT_SHRINKAGE)")

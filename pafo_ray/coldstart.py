@@ -22,7 +22,8 @@ from offset 0 and ``"mean"`` from the mean user (the fallbacks it is compared wi
 
 Active choice (:func:`choose_next`): from a pool of comparisons the user could be asked, the one
 on which the groups disagree most under the current posterior (the posterior-weighted variance
-of the groups' win probabilities), asked one at a time.
+of the groups' win probabilities), asked one at a time; pafo_ray.active.ActiveSession drives it
+for a real user (ask, record the answer, place).
 """
 
 from __future__ import annotations

@@ -97,3 +97,27 @@ def test_adapt_one_user_by_flag_and_input_errors_name_the_field(student_dir, tmp
         {"user_id": "a", "prompt": "q", "chosen": 3, "rejected": "y"}])
     assert main(["adapt", str(student_dir / "student"), bad, str(tmp_path / "x")]) == 1
     assert "bad3.jsonl: cannot read it" in capsys.readouterr().err
+
+
+def test_active_session_from_texts_matches_the_passive_fit(student_dir):
+    """model.active_session embeds the pool with the student's backbone; after two answers the
+    added user's vector is fit_user's on the same answers, sides taken as answered."""
+    prompts = ["hello question"] * 3
+    a = ["short answer", "casual world", "short"]
+    b = ["long formal answer", "formal world", "long"]
+    model = RewardModel.from_pretrained(student_dir / "student")
+    session = model.active_session(prompts, a, b)
+    first = session.next()
+    session.answer(first, prefers_a=True)
+    second = session.next()
+    assert second not in (None, first)
+    session.answer(second, prefers_a=False)
+    placed = session.add_user("new3")
+    chosen = [a[first], b[second]]
+    rejected = [b[first], a[second]]
+    other = RewardModel.from_pretrained(student_dir / "student")
+    same = other.fit_user("new3", prompts[:2], chosen, rejected, prior="flat")
+    assert same.group == placed.group == model.user_groups["new3"]
+    torch.testing.assert_close(same.vector, placed.vector)
+    model.score(["new3"], ["hello question"], ["short answer"])
+    assert model.unknown_users_seen == 0

@@ -295,6 +295,15 @@ class RewardModel(nn.Module):
 
         return fit_user(self, user_id, prompts, chosen, rejected, **kwargs)
 
+    def active_session(self, prompts: Sequence[str], responses_a: Sequence[str],
+                       responses_b: Sequence[str], **kwargs):
+        """Active cold start over a pool of pairs a new user could be asked: ``next()`` the
+        pair the groups disagree on most, ``answer(i, prefers_a)``, ``add_user(id)``
+        (pafo_ray.active.ActiveSession; kwargs: ``prior``, ``shrinkage``)."""
+        from pafo_ray.active import ActiveSession
+
+        return ActiveSession.from_texts(self, prompts, responses_a, responses_b, **kwargs)
+
     # ------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path, include_backbone: bool = False) -> Path:
