@@ -366,9 +366,10 @@ class DistillConfig:
     scope: Literal["all", "agree", "minority_users"] = _f(
         "all", "Rows that receive the distillation term: all, only where the teacher agrees "
         "with the label, or only the rows of minority users.")
-    teacher_init: Literal["auto", "scratch", "vanilla"] = _f(
+    teacher_init: Literal["auto", "scratch", "vanilla", "best"] = _f(
         "auto", "Which teachers' margins to distil: those teachers.init trained (auto), or, "
-        "with teachers.init=both, the scratch or the vanilla-initialised set.")
+        "with teachers.init=both, the scratch or the vanilla-initialised set, or best: per "
+        "group, the one with the higher validation accuracy on the group's own rows.")
     extra_pairs: int = _f(
         20, "About this many unlabelled comparisons per user (of margins.extra_pairs_per_user) "
         "carry the group teacher's margin to the student: distillation only, its gradient "

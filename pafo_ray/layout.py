@@ -204,13 +204,16 @@ class RunLayout(RunDir):
         return self.exists(TEACHERS, name, MODEL_CONFIG)
 
     def teacher_margin_stats(self, name: str) -> dict:
-        """``{"mean", "std"}`` of a teacher's validation margins (saved with the model)."""
+        """``{"mean", "std", "val_accuracy"}`` of a teacher's validation margins (saved with
+        the model; ``val_accuracy`` None for a checkpoint written before it was recorded)."""
         path = (TEACHERS, name, "margin_stats.json")
         if not self.exists(*path):
             raise RuntimeError(f"teacher '{name}' lacks {'/'.join(path)}: "
                                "rerun `pafo-ray teachers --force`")
         stats = self.read_json(*path)
-        return {"mean": float(stats["val_margin_mean"]), "std": float(stats["val_margin_std"])}
+        accuracy = stats.get("val_accuracy")
+        return {"mean": float(stats["val_margin_mean"]), "std": float(stats["val_margin_std"]),
+                "val_accuracy": None if accuracy is None else float(accuracy)}
 
     def teachers_summary(self) -> TeachersSummary:
         s = self.summary(TEACHERS)

@@ -291,7 +291,12 @@ def test_margins_and_distill_stages(teachers_run):
     stats = run_dir.read_json("margins", "teacher_stats.json")
     for g in NAMES:
         saved = run_dir.read_json("teachers", g, "margin_stats.json")
-        assert stats[g] == {"mean": saved["val_margin_mean"], "std": saved["val_margin_std"]}
+        assert stats[g] == {"mean": saved["val_margin_mean"], "std": saved["val_margin_std"],
+                            "val_accuracy": saved["val_accuracy"]}
+        # The teacher's own validation accuracy (distill.teacher_init=best compares them).
+        job = run_dir.teachers_summary().jobs[g]["metrics"]
+        assert stats[g]["val_accuracy"] == pytest.approx(job["val_accuracy"])
+        assert stats[g]["val_accuracy"] > 0.5
 
     rows = read_frame(run_dir.uri("margins", "rows", "split=train"))
     assert len(rows) == sum(groups["train"].values()) and rows["labelled"].all()
@@ -419,3 +424,32 @@ def test_a_frozen_mode_fit_does_not_read_the_texts(tmp_path):
     finetune = load_config(None, ["model.mode=finetune"])
     assert {"prompt", "chosen", "rejected"} <= set(read_rows([str(folder)],
                                                              skip=skipped_columns(finetune)))
+
+
+def test_teacher_init_best_takes_each_groups_more_accurate_teacher():
+    """best: the minority's vanilla-initialised teacher is more accurate on its validation rows
+    (0.62 > 0.60), the majority's scratch one (0.80 > 0.78): rows 0 and 3 (minority) read
+    margin_minority_ft, rows 1 and 2 margin_majority; standardized with those teachers'
+    stats: pooled μ = (0 − 1)/2 = −0.5, σ = (1 + 0.5)/2 = 0.75."""
+    from pafo_ray.config import DistillConfig
+    from pafo_ray.train.targets import best_teachers, target_settings
+
+    frame = hand_frame().assign(margin_minority_ft=[10.0, 20.0, 30.0, 40.0],
+                                margin_majority_ft=[-5.0, -6.0, -7.0, -8.0])
+    stats = {"minority": {**STATS["minority"], "val_accuracy": 0.60},
+             "majority": {**STATS["majority"], "val_accuracy": 0.80},
+             "minority_ft": {"mean": 0.0, "std": 1.0, "val_accuracy": 0.62},
+             "majority_ft": {"mean": 0.0, "std": 4.0, "val_accuracy": 0.78}}
+    assert best_teachers(stats) == {"minority": "_ft", "majority": ""}
+    raw = DistillConfig(margin_norm="none", teacher_init="best")
+    out = distill_targets(frame, target_settings(raw, "both", stats, 40), NAMES)
+    np.testing.assert_allclose(out["teacher_margin"], [10.0, 0.5, -0.25, 40.0])
+    std = DistillConfig(margin_norm="standardize", teacher_init="best")
+    out = distill_targets(frame, target_settings(std, "both", stats, 40), NAMES)
+    np.testing.assert_allclose(out["teacher_margin"], [7.0, 1.75, 0.625, 29.5])
+    # A tie, or an accuracy a run did not record, keeps the scratch teacher.
+    tie = {**stats, "minority_ft": {**stats["minority_ft"], "val_accuracy": 0.60},
+           "majority_ft": {"mean": 0.0, "std": 4.0, "val_accuracy": None}}
+    assert best_teachers(tie) == {"minority": "", "majority": ""}
+    with pytest.raises(ValueError, match="teachers.init=both"):
+        target_settings(raw, "scratch", STATS, 40)

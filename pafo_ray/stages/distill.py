@@ -145,8 +145,12 @@ def run(ctx: StageContext) -> dict:
     changed = {section: {k: v for k, v in getattr(chosen, section).__dict__.items()
                          if getattr(getattr(cfg, section), k) != v}
                for section in ("train", "model")}
+    suffix = jobs[0].targets["suffix"]
     return {"student": results["student"], "student_default": results.get("student_default"),
-            "settings": dataclasses.asdict(chosen.distill), "train": changed["train"],
+            "settings": dataclasses.asdict(chosen.distill),
+            # Which teacher set each group's targets came from ("" scratch, "_ft" vanilla-init).
+            "teachers_distilled": suffix if isinstance(suffix, dict) else None,
+            "train": changed["train"],
             "model": changed["model"], "origin": origin, "cold_start_starts": cold_start}
 
 

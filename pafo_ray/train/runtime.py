@@ -139,6 +139,7 @@ def write_checkpoint_files(folder: str, model, optimizer, objective, metrics: di
     torch.save({"epoch": done, "optimizer": optimizer.state_dict(),
                 "objective": objective.state_dict()}, os.path.join(folder, "train_state.pt"))
     stats = {"val_margin_mean": metrics["val_margin_mean"],
-             "val_margin_std": metrics["val_margin_std"], "epoch": done}
+             "val_margin_std": metrics["val_margin_std"], "epoch": done,
+             "val_accuracy": metrics.get("val_accuracy")}
     with open(os.path.join(folder, "model", "margin_stats.json"), "w") as fh:
         json.dump(stats, fh)

@@ -14,8 +14,16 @@ import pandas as pd
 FINETUNED = "_ft"  # suffix of the vanilla-initialised teachers when teachers.init=both
 
 
-def teacher_suffix(teachers_init: str, teacher_init: str) -> str:
-    """Column/folder suffix of the teacher set a student distils (see DistillConfig.teacher_init)."""
+def teacher_suffix(teachers_init: str, teacher_init: str, stats: dict | None = None):
+    """Column/folder suffix of the teacher set a student distils (see DistillConfig.teacher_init):
+    ``""`` or ``"_ft"``, or for ``teacher_init="best"`` ``{group: suffix}`` from
+    :func:`best_teachers` on ``stats``."""
+    if teacher_init == "best":
+        if teachers_init != "both":
+            raise ValueError(f"distill.teacher_init=best chooses between the two teacher sets "
+                             f"per group, but teachers.init={teachers_init} trained one: set "
+                             "teachers.init=both and rerun `pafo-ray teachers`")
+        return best_teachers(stats or {})
     if teacher_init == "auto" or teacher_init == teachers_init:
         return ""
     if teachers_init == "both":
@@ -23,6 +31,27 @@ def teacher_suffix(teachers_init: str, teacher_init: str) -> str:
     raise ValueError(f"distill.teacher_init={teacher_init} but teachers.init={teachers_init} "
                      f"trained no such teachers: set teachers.init=both (or {teacher_init}) and "
                      "rerun `pafo-ray teachers`")
+
+
+def best_teachers(stats: dict) -> dict:
+    """``{group: "" | "_ft"}``: per group, the teacher (scratch ``<g>`` or vanilla-initialised
+    ``<g>_ft``) with the higher validation accuracy on the group's validation rows (the
+    teachers' own ``val_accuracy``, recorded in their margin stats); scratch on a tie or where
+    either accuracy is missing (a run trained before it was recorded)."""
+    out = {}
+    for name in stats:
+        if name.endswith(FINETUNED) or name + FINETUNED not in stats:
+            continue
+        scratch = stats[name].get("val_accuracy")
+        tuned = stats[name + FINETUNED].get("val_accuracy")
+        out[name] = FINETUNED if scratch is not None and tuned is not None and tuned > scratch \
+            else ""
+    return out
+
+
+def suffix_of(suffix, group: str) -> str:
+    """The suffix of ``group``'s teacher: one for every group, or a ``{group: suffix}``."""
+    return suffix.get(group, "") if isinstance(suffix, dict) else suffix
 
 
 def target_settings(distill, teachers_init: str, stats: dict, extra_per_user: int = 0) -> dict:
@@ -36,7 +65,7 @@ def target_settings(distill, teachers_init: str, stats: dict, extra_per_user: in
                          f"margins.extra_pairs_per_user={extra_per_user}]: raise "
                          "margins.extra_pairs_per_user (and rerun `pafo-ray margins`) or lower it")
     return {"margin_norm": distill.margin_norm, "scope": distill.scope, "stats": stats,
-            "suffix": teacher_suffix(teachers_init, distill.teacher_init),
+            "suffix": teacher_suffix(teachers_init, distill.teacher_init, stats),
             # λ = 0: unlabelled rows would carry nothing but dilute the batches.
             "extra_fraction": (distill.extra_pairs / extra_per_user
                                if extra_per_user and distill.lam > 0 else 0.0),
@@ -48,7 +77,8 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
 
     targets: ``margin_norm`` (none | standardize), ``scope`` (all | agree | minority_users),
     ``stats`` {teacher: {"mean", "std"}} of each teacher on its validation rows, ``suffix``
-    ("" or ``_ft``: which teacher set, ``margin_<group><suffix>``), ``extra_fraction`` and
+    ("" or ``_ft``: which teacher set, ``margin_<group><suffix>``; or ``{group: suffix}``,
+    one set per group), ``extra_fraction`` and
     ``extra_users`` (which unlabelled rows to keep, see below).
     Standardised target: ``μ_pool + σ_pool · (m − μ_g) / σ_g`` with μ_pool, σ_pool the
     means of the teachers' μ_g, σ_g, so every teacher speaks on one scale.
@@ -60,7 +90,8 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
     """
     frame = _select_extra(frame, targets, names)
     suffix = targets.get("suffix", "")
-    missing = [f"margin_{g}{suffix}" for g in names if f"margin_{g}{suffix}" not in frame]
+    missing = [f"margin_{g}{suffix_of(suffix, g)}" for g in names
+               if f"margin_{g}{suffix_of(suffix, g)}" not in frame]
     if missing:
         raise RuntimeError(f"rows lack teacher margins {missing}: rerun `pafo-ray margins`")
     group = frame["group"].to_numpy(dtype=object)
@@ -71,10 +102,10 @@ def distill_targets(frame: pd.DataFrame, targets: dict, names: list) -> pd.DataF
     margin = np.full(len(frame), np.nan)
     for g in names:
         rows = source == g
-        raw[rows] = frame[f"margin_{g}{suffix}"].to_numpy(np.float64)[rows]
+        raw[rows] = frame[f"margin_{g}{suffix_of(suffix, g)}"].to_numpy(np.float64)[rows]
         margin[rows] = raw[rows]
         if targets["margin_norm"] == "standardize":
-            stats = {k: targets["stats"][k + suffix] for k in names}
+            stats = {k: targets["stats"][k + suffix_of(suffix, k)] for k in names}
             pooled = _pooled(stats)
             std = max(stats[g]["std"], 1e-6)
             margin[rows] = pooled["mean"] + pooled["std"] * (raw[rows] - stats[g]["mean"]) / std
