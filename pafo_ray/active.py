@@ -26,16 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pafo_ray.coldstart import (
-    DEFAULT_SHRINKAGE,
-    Placement,
-    choose_next,
-    group_margins,
-    group_vectors,
-    place_user,
-    placement_prior,
-    posterior,
-)
+from pafo_ray import coldstart as cs
+from pafo_ray.coldstart import DEFAULT_SHRINKAGE, Placement
 
 ACTIVE_PRIOR = "flat"  # measured best for the active rule (module doc)
 
@@ -51,9 +43,9 @@ class ActiveSession:
         if self.phi_a.ndim != 2 or self.phi_a.shape != self.phi_b.shape:
             raise ValueError(f"the pool needs φ_a and φ_b of the same [n, D] shape, got "
                              f"{tuple(self.phi_a.shape)} and {tuple(self.phi_b.shape)}")
-        self.names, vectors, shares = group_vectors(model)
-        self.prior = placement_prior(shares, prior)
-        self.margins = group_margins(model, self.phi_a, self.phi_b, vectors)  # [n, G]: a over b
+        self.names, vectors, shares = cs.group_vectors(model)
+        self.prior = cs.placement_prior(shares, prior)
+        self.margins = cs.group_margins(model, self.phi_a, self.phi_b, vectors)  # [n, G]: a over b
         self.asked: list[int] = []
         self.prefers_a: list[bool] = []
 
@@ -76,14 +68,14 @@ class ActiveSession:
     def posterior(self) -> dict:
         """``{group: probability}`` given the answers so far."""
         oriented = self.margins[self.asked] * self._signs()[:, None]
-        return dict(zip(self.names, posterior(oriented, self.prior).tolist()))
+        return dict(zip(self.names, cs.posterior(oriented, self.prior).tolist()))
 
     def next(self) -> int | None:
         """The pool index to ask next, or None when every pair is answered."""
         if len(self.asked) >= len(self):
             return None
         post = torch.tensor(list(self.posterior.values()), dtype=torch.float64)
-        return choose_next(self.margins, post, set(self.asked))
+        return cs.choose_next(self.margins, post, set(self.asked))
 
     def answer(self, index: int, prefers_a: bool) -> None:
         """Record that the user preferred ``a`` (True) or ``b`` of pool pair ``index``."""
@@ -106,7 +98,7 @@ class ActiveSession:
     def place(self) -> Placement:
         """The user's group, start and fitted offset from the answers so far (model unchanged)."""
         chosen, rejected = self.answered()
-        return place_user(self.model, chosen, rejected, place="group",
+        return cs.place_user(self.model, chosen, rejected, place="group",
                           shrinkage=self.shrinkage, prior=self.prior_kind)
 
     def add_user(self, user_id: str) -> Placement:
