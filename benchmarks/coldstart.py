@@ -296,12 +296,12 @@ def gap_interval(per_user: list, seed: int = 0, resamples: int = 1000) -> dict:
     return {"gap": stat.point(frame), "low": low, "high": high}
 
 
-def _frame(per_user: list, prefix: str = ""):
+def _frame(per_user: list):
     """One row per test comparison: ``user_id``, ``user_type``, ``row_id`` and a margin of
     +1 (correct) or −1, from ``[(user_id, user_type, correct rows, rows)]``."""
     import pandas as pd
 
-    return pd.DataFrame([{"user_id": f"{prefix}{u}", "user_type": t, "row_id": f"{prefix}{u}:{i}",
+    return pd.DataFrame([{"user_id": u, "user_type": t, "row_id": f"{u}:{i}",
                           "margin": 1.0 if i < hits else -1.0}
                          for u, t, hits, n in per_user for i in range(n)])
 
@@ -475,14 +475,22 @@ def main(argv=None) -> int:
 def _main_pool(args, command: str) -> int:
     results = []
     for path in args.pool:
-        result = json.loads(Path(path).read_text())
-        if not result.get("users_at_goal"):
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: cannot read it as a coldstart.json: {exc}") from exc
+        if not isinstance(result, dict) or not result.get("users_at_goal"):
             raise SystemExit(f"{path}: no per-user results (users_at_goal); rescore the run with "
                              "this version of benchmarks.coldstart (a finished run rescoring "
                              "needs no pipeline)")
         results.append(result)
     if len({r["seed"] for r in results}) != len(results):
         raise SystemExit("--pool: two runs share a seed; pool distinct seeds (distinct users)")
+    common = set.intersection(*(set(r["users_at_goal"]) for r in results))
+    if not common:
+        raise SystemExit("--pool: no offset shrinkage is in every file (" + "; ".join(
+            f"{p}: {sorted(r['users_at_goal'])}" for p, r in zip(args.pool, results))
+            + "); score the runs with a common --shrinkage")
     pooled = pool(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

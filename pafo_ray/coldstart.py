@@ -260,7 +260,9 @@ def place_user(model, phi_chosen, phi_rejected, *, place: str = "group",
         names, vectors, shares = group_vectors(model)
         post = posterior(group_margins(model, phi_chosen, phi_rejected, vectors),
                          placement_prior(shares, prior))
-        best = int(post.argmax())
+        # An exact tie (a flat prior and no answers yet) goes to the larger group, not to
+        # whichever name sorts first.
+        best = max(range(len(names)), key=lambda i: (float(post[i]), float(shares[i])))
         result = Placement(place, names[best], dict(zip(names, post.tolist())),
                            group_start(model, names, vectors, best))
     elif place == "population":

@@ -73,3 +73,12 @@ def test_pool_counts_each_seeds_users_apart(tmp_path):
     old.write_text(json.dumps({"seed": 2, "dataset": "builtin-80", "tables": {}}))
     with pytest.raises(SystemExit, match="users_at_goal"):
         main(["--pool", str(old), "--out", str(tmp_path)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit, match="broken.json: cannot read"):
+        main(["--pool", str(broken), "--out", str(tmp_path)])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**run(2, 7), "users_at_goal": {
+        "1.0": run(2, 7)["users_at_goal"]["3.0"]}}))
+    with pytest.raises(SystemExit, match="no offset shrinkage is in every file"):
+        main(["--pool", str(paths[0]), str(other), "--out", str(tmp_path)])

@@ -243,3 +243,15 @@ def test_a_group_start_is_moved_only_when_validation_says_so(tmp_path):
     torch.testing.assert_close(placed.start, torch.zeros(K))
     with pytest.raises(ValueError, match="3 values"):
         loaded.set_group_starts({"minority": [0.0, 0.0, 0.0]})
+
+
+def test_a_tie_goes_to_the_larger_group_whatever_its_name():
+    """Flat prior, no answers: every group at 1/G. The 8-user group is placed, also when its
+    name sorts after the 2-user group's."""
+    model = hand_model()
+    model.set_user_groups({u: "z_big" if u.startswith("maj") else "a_small"
+                           for u in model.user_ids})
+    empty = np.zeros((0, D), dtype=np.float32)
+    placed = place_user(model, empty, empty, prior="flat")
+    assert placed.posterior == pytest.approx({"a_small": 0.5, "z_big": 0.5})
+    assert placed.group == "z_big"
