@@ -156,6 +156,12 @@ def check_ranges(cfg: Any) -> list[str]:
         if val is not None and test is not None and val + test >= 1:
             problems.append(f"{section}.val_fraction + {section}.test_fraction: {val} + {test} "
                             "must be < 1 (no prompt would be left for training)")
+    chosen, trained = lookup(cfg, "distill.teacher_init", None), lookup(cfg, "teachers.init", None)
+    if chosen not in (None, "auto") and trained not in (None, "both") and chosen != trained:
+        # Caught here, not after the teachers have trained.
+        problems.append(f"distill.teacher_init: {chosen!r} needs teachers.init=both"
+                        + ("" if chosen == "best" else f" (or {chosen})")
+                        + f", got teachers.init={trained!r}")
     problems += _check_floats_finite(cfg, "")
     return problems
 

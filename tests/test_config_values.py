@@ -102,3 +102,15 @@ def test_show_config_prints_each_keys_help(capsys):
     assert lines[at - 1].strip() == "# AdamW learning rate."
     helps = [f.metadata["help"] for f in dataclasses.fields(PipelineConfig().train)]
     assert all(h.split()[0] in out for h in helps)
+
+
+def test_teacher_init_must_name_a_teacher_set_that_will_be_trained():
+    """Refused at load time, not after the teachers have trained."""
+    with pytest.raises(ConfigError, match=r"distill.teacher_init: 'best' needs teachers.init=both"
+                       r", got teachers.init='scratch'"):
+        load_config(None, ["distill.teacher_init=best"])
+    with pytest.raises(ConfigError, match=r"'vanilla' needs teachers.init=both \(or vanilla\)"):
+        load_config(None, ["distill.teacher_init=vanilla"])
+    assert load_config(None, ["teachers.init=both", "distill.teacher_init=best"])
+    assert load_config(None, ["teachers.init=vanilla", "distill.teacher_init=vanilla"])
+    assert load_config(None, ["distill.teacher_init=scratch"])  # the default teachers.init
