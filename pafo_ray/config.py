@@ -264,10 +264,28 @@ class EmbedConfig:
     adapt_lr: float = _f(3e-3, "AdamW learning rate of the adapter fit.")
     adapt_weight_decay: float = _f(1e-2, "AdamW weight decay of the adapter fit.")
     adapt_holdout: float = _f(0.1, "Share of the TRAINING prompts held out to choose the "
-                              "adapter's epoch (never the validation split).")
+                              "adapter's (and tune_layers') epoch (never the validation split).")
+    tune_layers: int = _f(
+        0, "Fine-tune the backbone's top N transformer layers once, before the cache is written: "
+        "Bradley-Terry under the lowrank head with user embeddings, on the TRAINING rows only, "
+        "over cached activations of the layers below (BERT-family backbones). Every model "
+        "then trains on the tuned backbone's features, and the student is saved with it "
+        "(<run>/embed/backbone; needs a local run.storage_path). 0: off.")
+    tune_epochs: int = _f(4, "Epochs of the top-layer fit; the epoch kept is the best on "
+                          "adapt_holdout (none better than the untuned layers: they are kept).")
+    tune_lr: float = _f(2e-4, "AdamW learning rate of the tuned layers (the head's: 3e-3).")
+    tune_prompts_per_step: int = _f(8, "Training prompts per step of the top-layer fit (all "
+                                    "their comparisons, their texts through the layers once).")
+    tune_max_texts: int = _f(20_000, "At most this many training texts (whole prompts, "
+                             "sampled) in the top-layer fit; their lower-layer states are "
+                             "held in memory (float16, real tokens only).")
 
     def __post_init__(self) -> None:
-        checks = [("adapt_dim", self.adapt_dim >= 1, ">= 1"),
+        checks = [("tune_layers", self.tune_layers >= 0, ">= 0 (0: off)"),
+                  ("tune_epochs", self.tune_epochs >= 1, ">= 1"),
+                  ("tune_lr", self.tune_lr > 0, "> 0"),
+                  ("tune_prompts_per_step", self.tune_prompts_per_step >= 1, ">= 1"),
+                  ("tune_max_texts", self.tune_max_texts >= 2, ">= 2"),("adapt_dim", self.adapt_dim >= 1, ">= 1"),
                   ("adapt_epochs", self.adapt_epochs >= 1, ">= 1"),
                   ("adapt_lr", self.adapt_lr > 0, "> 0"),
                   ("adapt_weight_decay", self.adapt_weight_decay >= 0, ">= 0"),

@@ -162,6 +162,10 @@ def check_ranges(cfg: Any) -> list[str]:
         problems.append(f"distill.teacher_init: {chosen!r} needs teachers.init=both"
                         + ("" if chosen == "best" else f" (or {chosen})")
                         + f", got teachers.init={trained!r}")
+    tuned, mode = lookup(cfg, "embed.tune_layers", 0), lookup(cfg, "model.mode", None)
+    if isinstance(tuned, int) and tuned > 0 and mode == "finetune":
+        problems.append(f"embed.tune_layers: {tuned} is for model.mode=frozen (finetune mode "
+                        "trains the whole backbone with every model)")
     problems += _check_floats_finite(cfg, "")
     return problems
 

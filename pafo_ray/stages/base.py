@@ -16,6 +16,7 @@ written and printed through :mod:`pafo_ray.redact`: no URI secret reaches them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import logging
@@ -39,6 +40,10 @@ class StageContext:
     cfg: PipelineConfig
     run_dir: RunLayout
     hashes: dict = field(default_factory=dict)
+    # The backbone as configured, when embed has put a tuned one in its place (embed.tune_layers):
+    # stage hashes keep using it (embed's own hash, which every later stage includes, covers
+    # the tuning), so a full run and a single stage agree on them.
+    given_backbone: str | None = None
 
     @classmethod
     def create(cls, cfg: PipelineConfig) -> "StageContext":
@@ -59,8 +64,12 @@ def stage_hash(ctx: StageContext, name: str) -> str:
     if name in ctx.hashes:
         return ctx.hashes[name]
     module = stage_module(name)
-    own = (module.hash_payload(ctx.cfg) if hasattr(module, "hash_payload")
-           else ctx.cfg.section_hash(*module.SECTIONS))
+    cfg = ctx.cfg
+    if ctx.given_backbone is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 backbone=ctx.given_backbone))
+    own = (module.hash_payload(cfg) if hasattr(module, "hash_payload")
+           else cfg.section_hash(*module.SECTIONS))
     parts = [own, str(ctx.cfg.run.seed)]
     parts += [stage_hash(ctx, dep) for dep in depends(name) if is_active(ctx.cfg, dep)]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -121,10 +130,10 @@ def invalidate_dependents(ctx: StageContext, name: str) -> None:
 
 def _apply_updates(ctx: StageContext, summary: dict) -> None:
     """A stage may choose config values for the stages after it (``config_updates``)."""
-    import dataclasses
-
     for section, values in (summary.get("config_updates") or {}).items():
         current = getattr(ctx.cfg, section)
+        if section == "model" and "backbone" in values and ctx.given_backbone is None:
+            ctx.given_backbone = current.backbone
         ctx.cfg = dataclasses.replace(ctx.cfg, **{section: dataclasses.replace(current, **values)})
 
 
@@ -133,11 +142,11 @@ def apply_upstream(ctx: StageContext) -> None:
 
     The upstream hash is computed first, from the config as given, as a full run does.
     """
-    name = "regularize"
-    if is_active(ctx.cfg, name):
-        stage_hash(ctx, name)
-        if is_done(ctx, name):
-            _apply_updates(ctx, ctx.run_dir.summary(name))
+    for name in ("embed", "regularize"):  # embed: a tuned backbone (embed.tune_layers)
+        if is_active(ctx.cfg, name):
+            stage_hash(ctx, name)
+            if is_done(ctx, name):
+                _apply_updates(ctx, ctx.run_dir.summary(name))
 
 
 def upstream(cfg: PipelineConfig, name: str) -> list[str]:

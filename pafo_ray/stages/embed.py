@@ -23,6 +23,8 @@ EMBED_FIELDS = ("backbone", "mode", "pooling", "max_length", "template", "poolin
                 "layer_combine")
 ADAPT_FIELDS = ("adapt", "adapt_dim", "adapt_epochs", "adapt_lr", "adapt_weight_decay",
                 "adapt_holdout")
+TUNE_FIELDS = ("tune_layers", "tune_epochs", "tune_lr", "tune_prompts_per_step", "tune_max_texts",
+               "adapt_holdout")
 
 
 def hash_payload(cfg) -> str:
@@ -33,6 +35,9 @@ def hash_payload(cfg) -> str:
     if cfg.embed.adapt != "none":  # the adapter's own settings change the cached vectors too
         fields.update({f"embed.{f}": getattr(cfg.embed, f) for f in ADAPT_FIELDS})
         fields["model.rank"] = cfg.model.rank
+    if cfg.embed.tune_layers:  # so do the tuned layers' (rank, shrinkage: the head they fit under)
+        fields.update({f"embed.{f}": getattr(cfg.embed, f) for f in TUNE_FIELDS})
+        fields.update({"model.rank": cfg.model.rank, "model.user_shrinkage": cfg.model.user_shrinkage})
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -124,22 +129,41 @@ def embed_texts(texts, cfg, pool: dict):
 
 
 def run(ctx: StageContext) -> dict:
-    import ray
-    import ray.data
-
     from pafo_ray.models.backbone import resolve_backbone
     from pafo_ray.sizing import cluster_capacity
 
-    cfg, run_dir = ctx.cfg, ctx.run_dir
+    cfg = ctx.cfg
     resolve_backbone(cfg.model.backbone)  # fail fast, on the driver, with the clear message
     e = cfg.embed
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
     capacity = cluster_capacity(cfg.run.ray)
+    tuned = tune_backbone(ctx) if e.tune_layers else None
+    given = ctx.cfg
+    if tuned is not None:  # every text below goes through the tuned backbone
+        ctx.cfg = cfg = _with_backbone(cfg, tuned["backbone_dir"])
+    try:
+        summary = _embed(ctx, cfg, capacity, tuned)
+    finally:
+        ctx.cfg = given  # the runner applies config_updates after the stage
+    if tuned is not None:
+        summary["tune"] = tuned
+        summary["config_updates"] = {"model": {"backbone": tuned["backbone_dir"]}}
+    return summary
+
+
+def _embed(ctx: StageContext, cfg, capacity, tuned) -> dict:
+    import ray
+    import ray.data
+
+    run_dir, e = ctx.run_dir, cfg.embed
     pool = embed_pool(cfg, capacity)
     adapt = e.adapt != "none"
     # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
     cache_uri = run_dir.embed_frozen_cache() if adapt else run_dir.embed_cache()
-    inline = embeds_inline(cfg, run_dir.prepare_summary(), len(capacity_nodes()))
+    nodes = len(capacity_nodes())
+    # A tuned backbone lives in this machine's run folder: other nodes' actors cannot load it.
+    inline = embeds_inline(cfg, run_dir.prepare_summary(), nodes) or (tuned is not None
+                                                                       and nodes > 1)
     began = time.time()
     if inline:
         texts_count, truncated, dim = embed_here(ctx, cache_uri)
@@ -163,6 +187,67 @@ def run(ctx: StageContext) -> dict:
         summary["adapt"] = adapted
         summary["dim"] = adapted["dim"]
     return summary
+
+
+def _with_backbone(cfg, backbone: str):
+    import dataclasses
+
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone))
+
+
+def tune_backbone(ctx: StageContext) -> dict:
+    """``embed.tune_layers``: fit the backbone's top layers on prepare's **training** rows
+    (:mod:`pafo_ray.models.toplayers`) and save it to ``<run>/embed/backbone``."""
+    import dataclasses
+
+    import pandas as pd
+
+    from pafo_ray.models.adapter import training_pairs
+    from pafo_ray.models.backbone import TextEncoder
+    from pafo_ray.models.toplayers import tune_top_layers
+    from pafo_ray.redact import redact_uri
+    from pafo_ray.train.inmemory import read_frame
+
+    cfg, run_dir, e, m = ctx.cfg, ctx.run_dir, ctx.cfg.embed, ctx.cfg.model
+    target = run_dir.local_dir(NAME, "backbone")
+    if target is None:
+        raise ValueError("embed.tune_layers needs a local run.storage_path (the tuned backbone "
+                         f"is loaded from the run folder); got {redact_uri(cfg.run.storage_path)}")
+    # Only the train partition is read: validation and test labels never reach the tuned layers.
+    rows = read_frame(run_dir.prepared_rows("train"), ["user_id", *TEXT_COLUMNS[:-1]])
+    rows["split"] = "train"
+    rows = _whole_prompts(rows, e.tune_max_texts, cfg.run.seed)
+    texts = texts_of(pa.Table.from_pandas(rows[TEXT_COLUMNS], preserve_index=False))
+    texts = texts.take(pa.compute.sort_indices(texts, [("text_id", "ascending")]))
+    encoder = TextEncoder(m.backbone, pooling=m.pooling, max_length=m.max_length,
+                          template=m.template, pooling_layers=m.pooling_layers,
+                          layer_combine=m.layer_combine)
+    ids, _ = encoder.token_ids(texts.column("prompt").to_pylist(),
+                               texts.column("response").to_pylist())
+    pairs = training_pairs(rows, texts.column("text_id").to_numpy(), run_dir.user_ids())
+    result = tune_top_layers(encoder, ids, pairs, len(run_dir.user_ids()), layers=e.tune_layers,
+                             epochs=e.tune_epochs, lr=e.tune_lr, rank=m.rank,
+                             user_shrinkage=m.user_shrinkage, holdout_fraction=e.adapt_holdout,
+                             prompts_per_step=e.tune_prompts_per_step, seed=cfg.run.seed)
+    encoder.model.save_pretrained(target)
+    encoder.tokenizer.save_pretrained(target)
+    kept = pd.unique(rows["prompt"]).size
+    return {**dataclasses.asdict(result), "prompts": int(kept), "backbone_dir": target,
+            "base_backbone": m.backbone}
+
+
+def _whole_prompts(rows, max_texts: int, seed: int):
+    """``rows`` of sampled whole prompts whose distinct texts number at most ``max_texts``."""
+    ids = np.concatenate([rows["chosen_text_id"].to_numpy(), rows["rejected_text_id"].to_numpy()])
+    if np.unique(ids).size <= max_texts:
+        return rows
+    import pandas as pd
+
+    pairs = pd.DataFrame({"prompt": np.concatenate([rows["prompt"].to_numpy()] * 2), "text": ids})
+    per_prompt = pairs.drop_duplicates().groupby("prompt").size()
+    order = np.random.default_rng([seed, 20]).permutation(per_prompt.index.to_numpy())
+    keep = order[np.cumsum(per_prompt.loc[order].to_numpy()) <= max_texts]
+    return rows[rows["prompt"].isin(keep)].reset_index(drop=True)
 
 
 def _embed_with_pool(ctx: StageContext, pool: dict, cache_uri: str) -> None:
@@ -286,6 +371,11 @@ def describe(summary: dict) -> str:
     extra = (f"; adapted to {adapt['dim']}-d on {adapt['train_rows']:,} training rows in "
              f"{adapt['seconds']:.0f} s (held-out BT accuracy {adapt['holdout_accuracy']:.3f} vs "
              f"{adapt['frozen_holdout_accuracy']:.3f} frozen)" if adapt else "")
+    tune = summary.get("tune")
+    if tune:
+        extra += (f"; top {tune['layers']} layer(s) tuned on {tune['train_rows']:,} training rows "
+                  f"in {tune['seconds']:.0f} s, epoch {tune['epoch']} kept (held-out BT accuracy "
+                  f"{tune['holdout_accuracy']:.3f} vs {tune['frozen_holdout_accuracy']:.3f} untuned)")
     where = ("in the driver" if summary.get("where") == "driver" else
              f"{summary['actors']} actor(s) of {summary.get('cpus_per_actor', 1):g} CPU")
     return (f"{summary['texts']:,} distinct texts embedded ({summary['dim']}-d, "
