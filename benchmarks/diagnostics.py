@@ -11,7 +11,8 @@
 - ``teachers``: each teacher's validation accuracy on its own group beside vanilla's on that
   group (DESIGN §6: distillation helps only where a teacher beats vanilla there), and the
   seconds each model's fit took.
-- ``cost``: seconds of the embed stage's forward pass and of the adapter fit.
+- ``cost``: seconds of the embed stage's forward pass, the top-layer tuning
+  (``embed.tune_layers``) and the adapter fit.
 Diagnostics only: nothing here feeds a choice of the pipeline.
 """
 
@@ -102,6 +103,7 @@ def dsp_probe(cfg, run_dir) -> dict:
         for q, r, t in zip(rows["prompt"], rows[side], rows[f"{side}_text_id"]):
             texts[t] = (q, r)
     domain = dsp_domains(cfg.data.path)
+    tuned = "tune" in run_dir.read_json("embed", "summary.json")  # the cache: a tuned backbone's
     out = {}
     for name in ("frozen_cache", "cache"):
         if not run_dir.exists("embed", name):
@@ -111,7 +113,8 @@ def dsp_probe(cfg, run_dir) -> dict:
         ids = cache.text_ids[keep]
         labels = np.array([domain[texts[t]] for t in ids])
         queries = np.unique([texts[t][0] for t in ids], return_inverse=True)[1]
-        label = "adapted" if name == "cache" and run_dir.exists("embed", "frozen_cache") else "frozen"
+        label = ("frozen" if name == "frozen_cache" else "adapted"
+                 if run_dir.exists("embed", "frozen_cache") else "tuned" if tuned else "frozen")
         out[label] = {"accuracy": probe(cache.vectors.numpy()[keep], labels, queries),
                       "texts": len(ids), "dim": int(cache.vectors.shape[1])}
     return out
@@ -141,7 +144,7 @@ def collect(ctx) -> dict:
     embed = run_dir.read_json("embed", "summary.json") if run_dir.exists("embed", "summary.json") else {}
     out["cost"] = {"encode_seconds": embed.get("encode_seconds"),
                    "embed_seconds": embed.get("seconds"),
-                   "adapt": embed.get("adapt"), "dim": embed.get("dim"),
+                   "adapt": embed.get("adapt"), "tune": embed.get("tune"), "dim": embed.get("dim"),
                    "truncated_texts": embed.get("truncated_texts"), "texts": embed.get("texts")}
     steps = [("teachers", lambda: teacher_table(run_dir))]
     if cfg.data.source == "dsp":

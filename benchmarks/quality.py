@@ -221,11 +221,11 @@ def render_diagnostics(runs: list) -> list:
              "minority-type; `vanilla / type utility` = vanilla's test accuracy by type as a "
              "share of it; `probe` = 5-way DSP-domain "
              "logistic probe of the cached features (5 folds by query, chance 20%), backbone → "
-             "adapted; `teachers` = validation accuracy on the teacher's own group vs vanilla's "
+             "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers); `teachers` = validation accuracy on the teacher's own group vs vanilla's "
              "on that group (`_ft`: started from vanilla); seconds: the embed forward pass, the "
-             "adapter fit, vanilla's fit.", "",
+             "top-layer tuning, the adapter fit, vanilla's fit.", "",
              "| dataset | seed | overrides | type utility | vanilla | vanilla / type utility | probe "
-             "| teachers (own vs vanilla) | embed s / adapt s / vanilla fit s |",
+             "| teachers (own vs vanilla) | embed s / tune s / adapt s / vanilla fit s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         d = run.get("diagnostics") or {}
@@ -234,19 +234,21 @@ def render_diagnostics(runs: list) -> list:
         share = " / ".join(f"{100 * van[t] / ceiling[t]:.0f}%" if van.get(t) and ceiling.get(t)
                            else "–" for t in ("majority", "minority"))
         probe = d.get("probe") or {}
-        probe_text = " → ".join(f"{100 * probe[k]['accuracy']:.1f}" for k in ("frozen", "adapted")
+        probe_text = " → ".join(f"{100 * probe[k]['accuracy']:.1f}" for k in ("frozen", "tuned", "adapted")
                                 if k in probe) or "–"
         teachers = d.get("teachers") or {}
         teach = "; ".join(f"{n} {_pct(t.get('val_own_group'))} vs {_pct(t.get('vanilla_on_group'))}"
                           for n, t in teachers.items() if n != "vanilla" and "error" not in teachers)
         cost = d.get("cost") or {}
         adapt = (cost.get("adapt") or {}).get("seconds")
+        tune = (cost.get("tune") or {}).get("seconds")
         vfit = (teachers.get("vanilla") or {}).get("seconds") if "error" not in teachers else None
         lines.append(
             f"| {run['dataset']} | {run['seed']} | {' '.join(run.get('overrides') or []) or '–'} | "
             f"{_pct(ceiling.get('majority'))} / {_pct(ceiling.get('minority'))} | "
             f"{_pct(van.get('majority'))} / {_pct(van.get('minority'))} | {share} | {probe_text} | "
-            f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {adapt or '–'} / {vfit or '–'} |")
+            f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {tune or '–'} / {adapt or '–'} / "
+            f"{vfit or '–'} |")
     return lines
 
 

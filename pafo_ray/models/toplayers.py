@@ -9,8 +9,9 @@ personalised head ``(g + e_u)·Wφ`` — every training user's comparisons, each
 
 Cost: the layers below run once; their output is kept per text (real tokens only, float16),
 so an epoch is a forward and backward pass of the top layers alone over the training texts.
-The epoch kept is the best on a holdout of the TRAINING prompts; if no epoch beats a head
-fitted on the untuned features there, the backbone is left as it was. Validation and test
+The epoch kept is the one whose features, with a lowrank head fitted afresh on them, score
+best on a holdout of the TRAINING prompts; if no epoch beats the untuned features so, the
+backbone is left as it was. Validation and test
 rows never reach this fit: the tuned backbone is shared by vanilla, the teachers, the
 baselines and the student, so the comparison between them stays fair.
 """
@@ -35,8 +36,8 @@ __all__ = ["TuneResult", "transformer_layers", "tune_top_layers"]
 class TuneResult:
     layers: int  # top layers trained
     epoch: int  # the epoch kept (0: none beat the untuned backbone, which is kept)
-    holdout_accuracy: float  # BT accuracy on the held-out training prompts, tuned
-    frozen_holdout_accuracy: float  # the same for a head on the untuned features
+    holdout_accuracy: float  # held-out BT accuracy of a head fitted on the tuned features
+    frozen_holdout_accuracy: float  # the same on the untuned features
     train_rows: int
     texts: int
     seconds: float
@@ -135,9 +136,14 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
     holdout = _holdout_mask(np.asarray(pairs.prompt), holdout_fraction, seed)
     if holdout.all():
         holdout[:] = False
-    _, _, frozen_accuracy = _fit(frozen, pairs, num_users, None, rank=rank, epochs=30, lr=3e-3,
-                                 weight_decay=1e-2, user_shrinkage=user_shrinkage,
-                                 holdout=holdout, seed=seed)
+
+    def fit_head(features: torch.Tensor) -> float:
+        """Held-out BT accuracy of a lowrank head fitted on ``features`` (training prompts)."""
+        return _fit(features, pairs, num_users, None, rank=rank, epochs=30, lr=3e-3,
+                    weight_decay=1e-2, user_shrinkage=user_shrinkage, holdout=holdout,
+                    seed=seed)[2]
+
+    frozen_accuracy = fit_head(frozen)
     top = blocks[low:]
     head = RewardHead(frozen.shape[1], num_users, head="lowrank", rank=rank, population_term=True)
     optimizer = torch.optim.AdamW([
@@ -153,15 +159,14 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
     best = (original, 0, frozen_accuracy)
     epoch_seconds = []
 
-    def margins(rows: np.ndarray, grad: bool) -> torch.Tensor:
+    def margins(rows: np.ndarray) -> torch.Tensor:
         texts = np.unique(np.concatenate([chosen[rows], rejected[rows]]))
-        with torch.set_grad_enabled(grad):
-            phi = (cached.features(texts) - mean) / std
-            at = {t: i for i, t in enumerate(texts)}
-            c = torch.as_tensor([at[t] for t in chosen[rows]])
-            r = torch.as_tensor([at[t] for t in rejected[rows]])
-            u = torch.as_tensor(user[rows])
-            return head(phi[c], u) - head(phi[r], u)
+        phi = (cached.features(texts) - mean) / std
+        at = {t: i for i, t in enumerate(texts)}
+        c = torch.as_tensor([at[t] for t in chosen[rows]])
+        r = torch.as_tensor([at[t] for t in rejected[rows]])
+        u = torch.as_tensor(user[rows])
+        return head(phi[c], u) - head(phi[r], u)
 
     for epoch in range(1, epochs + 1):
         start = time.time()
@@ -169,7 +174,7 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
         order = rng.permutation(train_prompts)
         for step in range(0, len(order), prompts_per_step):
             rows = np.flatnonzero(np.isin(prompt, order[step:step + prompts_per_step]) & ~holdout)
-            loss = bradley_terry_loss(margins(rows, True)).mean()
+            loss = bradley_terry_loss(margins(rows)).mean()
             loss = loss + user_shrinkage * head.user_embedding(
                 torch.as_tensor(user[rows])).pow(2).sum(-1).mean()
             optimizer.zero_grad()
@@ -177,10 +182,11 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
             optimizer.step()
         top.eval()
         if len(held):
+            # Like with like: a head fitted afresh on this epoch's features, as on the untuned.
             with torch.no_grad():
-                accuracy = float((torch.cat([margins(held[i:i + 2048], False)
-                                             for i in range(0, len(held), 2048)]) > 0)
-                                 .float().mean())
+                phi = torch.cat([cached.features(everything[i:i + 256])
+                                 for i in range(0, len(ids), 256)])
+            accuracy = fit_head(phi)
             if accuracy > best[2]:
                 best = ({k: v.detach().clone() for k, v in top.state_dict().items()}, epoch,
                         accuracy)
