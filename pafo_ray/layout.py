@@ -14,6 +14,7 @@ below instead of by string keys. Every path method returns a full URI (or absolu
     prepare/users.parquet                           -                           users(PREPARE), user_ids()
     embed/cache/*.parquet  (text_id, embedding)     embed_cache()
     embed/frozen_cache/  (backbone vectors, adapt)  embed_frozen_cache()
+    embed/backbone/  (tuned, embed.tune_layers)     embed_backbone()
     groups/data/split=<s>/group=<g>/*.parquet       grouped_rows(split, gs),    groups_summary()
                                                     grouped_data()
     groups/users.parquet                            -                           users()
@@ -151,6 +152,10 @@ class RunLayout(RunDir):
     def embed_cache(self) -> str:
         """The features every model trains on (the adapted ones when ``embed.adapt`` is on)."""
         return self.uri(EMBED, "cache")
+
+    def embed_backbone(self) -> str:
+        """The backbone with its top layers tuned (``embed.tune_layers``; a HF folder)."""
+        return self.uri(EMBED, "backbone")
 
     def embed_frozen_cache(self) -> str:
         """The backbone's own vectors, kept beside the adapted ``cache`` (``embed.adapt``)."""

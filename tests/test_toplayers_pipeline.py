@@ -36,7 +36,7 @@ def test_the_cache_and_the_student_use_the_tuned_backbone(tuned_run):
 
     ctx, results = tuned_run["ctx"], tuned_run["results"]
     tune = results["embed"]["tune"]
-    tuned_dir = ctx.run_dir.local_dir("embed", "backbone")
+    tuned_dir = ctx.run_dir.local_path(ctx.run_dir.embed_backbone())
     assert tune["backbone_dir"] == tuned_dir and tune["epoch"] == 2  # no holdout: the last
     assert ctx.cfg.model.backbone == tuned_dir  # what the later stages were given
     cache = pads.dataset(ctx.run_dir.embed_cache(), format="parquet").to_table().sort_by("text_id")

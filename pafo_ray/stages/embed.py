@@ -209,7 +209,7 @@ def tune_backbone(ctx: StageContext) -> dict:
     from pafo_ray.train.inmemory import read_frame
 
     cfg, run_dir, e, m = ctx.cfg, ctx.run_dir, ctx.cfg.embed, ctx.cfg.model
-    target = run_dir.local_dir(NAME, "backbone")
+    target = run_dir.local_path(run_dir.embed_backbone())
     if target is None:
         raise ValueError("embed.tune_layers needs a local run.storage_path (the tuned backbone "
                          f"is loaded from the run folder); got {redact_uri(cfg.run.storage_path)}")
