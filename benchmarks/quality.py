@@ -1,13 +1,16 @@
 """Fairness quality: pafo vs vanilla and the baselines, on the biased regime of DESIGN §6.
 
     python -m benchmarks.quality [--datasets builtin-80 dsp] [--seeds 0 1 2] [--trials 48]
+                                 [--set KEY=VALUE ...] [--oracle]
     python -m benchmarks.quality --smoke
 
 Each (dataset, seed) is one real pipeline run (Ray Data prepare/embed/margins/evaluate,
 Ray Train with in-process workers, Ray Tune + Optuna), frozen MiniLM features. The table
 shows vanilla's gap first — majority-type minus minority-type user accuracy, with its
 user-bootstrap interval — then what each method closes, all on the test split with every
-choice (regularisation, Pareto pick) made on validation. Writes ``quality.md``,
+choice (regularisation, Pareto pick) made on validation. ``--oracle`` adds a twin of every
+run with the true user types as the groups (a diagnostic: what perfect grouping would let pafo
+close). Writes ``quality.md``,
 ``quality.json`` and ``quality_<dataset>.png`` under ``--out``.
 """
 
@@ -53,7 +56,7 @@ SMOKE = {"model.backbone": "builtin-tiny", "data.generator.num_users": 60,
 
 
 def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
-            extra: list = ()) -> dict:
+            extra: list = (), suffix: str = "") -> dict:
     """One pipeline run; ``extra`` are ``key=value`` overrides on top (the lever measured)."""
     from benchmarks.common import as_overrides
     from benchmarks.diagnostics import collect
@@ -61,7 +64,7 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
     from pafo_ray.stages.base import StageContext, run_pipeline
 
     values = {**DATASETS[dataset], **COMMON, "run.storage_path": str(out / "runs"),
-              "run.run_name": f"{dataset}-s{seed}", "run.seed": seed,
+              "run.run_name": f"{dataset}-s{seed}{suffix}", "run.seed": seed,
               "data.generator.seed": seed, "tune.num_samples": trials,
               "tune.max_concurrent_trials": 2}
     if smoke:
@@ -81,6 +84,25 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
             "tune": {k: tune.get(k) for k in keep}, "run": str(ctx.run_dir.root),
             "purity": {k: v.get("minority") for k, v in share.items()},
             "overrides": list(extra), "diagnostics": collect(ctx)}
+
+
+def oracle_twin(run: dict, twin: dict) -> dict:
+    """What the twin run with the true user types as groups (``--oracle``) says about ``run``:
+    the share of its own vanilla's type gap that pafo and the default weights close, and the
+    minority teacher against vanilla on the (pure) minority group's validation rows."""
+    def gap(method):
+        block = twin["metrics"]["methods"].get(method, {}).get("by", {}).get("user_type", {})
+        by = block.get("by_group") or {}
+        return by["majority"] - by["minority"] if {"majority", "minority"} <= set(by) else None
+
+    vanilla = gap("vanilla")
+    closed = {m: (vanilla - g) / vanilla if g is not None and vanilla else None
+              for m in ("pafo", "pafo_default") for g in [gap(m)]}
+    teachers = (twin.get("diagnostics") or {}).get("teachers") or {}
+    minority = teachers.get("minority") or {}
+    return {"closed": closed, "vanilla_gap": vanilla, "run": twin.get("run"),
+            "minority_teacher": minority.get("val_own_group"),
+            "vanilla_on_minority": minority.get("vanilla_on_group")}
 
 
 def _value(metrics: dict, method: str, by: str, group: str):
@@ -221,12 +243,16 @@ def render_diagnostics(runs: list) -> list:
              "minority-type; `vanilla / type utility` = vanilla's test accuracy by type as a "
              "share of it; `probe` = 5-way DSP-domain "
              "logistic probe of the cached features (5 folds by query, chance 20%), backbone → "
-             "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers); `teachers` = validation accuracy on the teacher's own group vs vanilla's "
+             "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers); "
+             "`teachers` = validation accuracy on the teacher's own group vs vanilla's "
              "on that group (`_ft`: started from vanilla); seconds: the embed forward pass, the "
-             "top-layer tuning, the adapter fit, vanilla's fit.", "",
+             "top-layer tuning, the adapter fit, vanilla's fit; `true groups`: the twin run with "
+             "the simulator's user types as the groups (`--oracle`), the share of its vanilla's "
+             "gap that pafo / the default weights close, and its minority teacher vs vanilla on "
+             "the minority group's validation rows: what perfect grouping would give.", "",
              "| dataset | seed | overrides | type utility | vanilla | vanilla / type utility | probe "
-             "| teachers (own vs vanilla) | embed s / tune s / adapt s / vanilla fit s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| teachers (own vs vanilla) | embed s / tune s / adapt s / vanilla fit s | true groups |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         d = run.get("diagnostics") or {}
         ceiling = (d.get("ceiling") or {}).get("type") or {}
@@ -248,8 +274,18 @@ def render_diagnostics(runs: list) -> list:
             f"{_pct(ceiling.get('majority'))} / {_pct(ceiling.get('minority'))} | "
             f"{_pct(van.get('majority'))} / {_pct(van.get('minority'))} | {share} | {probe_text} | "
             f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {tune or '–'} / {adapt or '–'} / "
-            f"{vfit or '–'} |")
+            f"{vfit or '–'} | {_oracle_text(run.get('oracle'))} |")
     return lines
+
+
+def _oracle_text(oracle) -> str:
+    if not oracle:
+        return "–"
+    closed = oracle.get("closed") or {}
+    parts = [f"{100 * closed[m]:.0f}%" if closed.get(m) is not None else "–"
+             for m in ("pafo", "pafo_default")]
+    return (f"closed {parts[0]} / {parts[1]}; minority teacher "
+            f"{_pct(oracle.get('minority_teacher'))} vs {_pct(oracle.get('vanilla_on_minority'))}")
 
 
 def plot(table: dict, out: Path, runs: list = ()) -> list:
@@ -335,6 +371,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run, e.g. model.pooling_layers=[1,2,3,4,5,6] "
                              "embed.adapt=mlp (the representation levers)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="a twin of every run with the true user types as the groups "
+                             "(groups.method=oracle, a diagnostic): what pafo could close with "
+                             "perfect grouping (doubles the time)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.smoke:  # its own folder: never mixed with (or overwriting) a real suite's runs
@@ -349,6 +389,11 @@ def main(argv=None) -> int:
     init_ray(RayConfig(progress_bars=False))
     runs = [run_one(d, s, args.trials, out, args.smoke, args.set)
             for d in args.datasets for s in args.seeds]
+    if args.oracle:
+        for run in runs:
+            twin = run_one(run["dataset"], run["seed"], args.trials, out, args.smoke,
+                           [*args.set, "groups.method=oracle"], suffix="-oracle")
+            run["oracle"] = oracle_twin(run, twin)
     table = summarise(runs)
     command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(table, runs, command.strip())
