@@ -162,6 +162,13 @@ def check_ranges(cfg: Any) -> list[str]:
         problems.append(f"distill.teacher_init: {chosen!r} needs teachers.init=both"
                         + ("" if chosen == "best" else f" (or {chosen})")
                         + f", got teachers.init={trained!r}")
+    groups, trials = lookup(cfg, "prepare.num_groups", 2), lookup(cfg, "tune.num_samples", 0)
+    if isinstance(groups, int) and groups != 2 and isinstance(trials, int) and trials > 0:
+        # Caught here, not after the teachers have trained (the search's objectives are the
+        # minority and majority groups' validation accuracy).
+        problems.append(f"tune.num_samples: {trials} trials search the minority/majority "
+                        f"trade-off and need prepare.num_groups=2, got {groups}; set "
+                        "tune.num_samples=0 to distil with the configured weights")
     tuned, mode = lookup(cfg, "embed.tune_layers", 0), lookup(cfg, "model.mode", None)
     if isinstance(tuned, int) and tuned > 0 and mode == "finetune":
         problems.append(f"embed.tune_layers: {tuned} is for model.mode=frozen (finetune mode "

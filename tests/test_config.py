@@ -113,7 +113,7 @@ def test_overrides_are_read_as_yaml():
         parse_override("train.lr")
 
     cfg = load_config(None, ["train.lr=1.0e-2", "data.generator.label_beta=null",
-                             "prepare.num_groups=3", "prepare.tau=[0.3, 0.6]",
+                             "prepare.num_groups=3", "prepare.tau=[0.3, 0.6]", "tune.num_samples=0",
                              "distill.clip=null", "train.epochs=7", "run.force=true",
                              "model.rank=4", "distill.lam=2"])
     assert cfg.train.lr == 0.01 and isinstance(cfg.train.lr, float)

@@ -114,3 +114,15 @@ def test_teacher_init_must_name_a_teacher_set_that_will_be_trained():
     assert load_config(None, ["teachers.init=both", "distill.teacher_init=best"])
     assert load_config(None, ["teachers.init=vanilla", "distill.teacher_init=vanilla"])
     assert load_config(None, ["distill.teacher_init=scratch"])  # the default teachers.init
+
+
+def test_a_search_with_other_than_two_groups_is_refused_at_load():
+    """The tune stage's objectives are the minority and majority groups' accuracy: with three
+    groups it used to fail after the teachers had trained."""
+    with pytest.raises(ConfigError, match=r"tune.num_samples: 8 trials .* need "
+                       r"prepare.num_groups=2, got 3; set tune.num_samples=0"):
+        load_config(None, ["prepare.num_groups=3", "prepare.user_quantile=[0.1, 0.3]",
+                           "prepare.tau=[0.3, 0.6]"])
+    cfg = load_config(None, ["prepare.num_groups=3", "prepare.user_quantile=[0.1, 0.3]",
+                             "prepare.tau=[0.3, 0.6]", "tune.num_samples=0"])
+    assert cfg.prepare.num_groups == 3
