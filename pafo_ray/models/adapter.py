@@ -44,17 +44,18 @@ class Pairs:
     prompt: np.ndarray
 
 
-def _holdout_mask(prompt: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def holdout_mask(prompt: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     keys = np.unique(prompt)
     rng = np.random.default_rng([seed, 18])
     held = keys[rng.random(len(keys)) < fraction] if fraction > 0 else keys[:0]
     return np.isin(prompt, held)
 
 
-def _fit(features: torch.Tensor, pairs: Pairs, num_users: int, adapter: nn.Module | None, *,
-         rank: int, epochs: int, lr: float, weight_decay: float, user_shrinkage: float,
-         holdout: np.ndarray, seed: int, batch_size: int = 512):
-    """BT under ``(g + e_u)·W·adapter(φ)``; returns (best state, best epoch, best holdout acc)."""
+def fit_bt(features: torch.Tensor, pairs: Pairs, num_users: int, adapter: nn.Module | None, *,
+           rank: int, epochs: int, lr: float, weight_decay: float, user_shrinkage: float,
+           holdout: np.ndarray, seed: int, batch_size: int = 512):
+    """BT under ``(g + e_u)·W·adapter(φ)`` (``adapter`` None: standardized φ itself); returns
+    (best state, best epoch, best holdout acc)."""
     torch.manual_seed(seed)
     width = adapter.layer.out_features if adapter is not None else features.shape[1]
     head = RewardHead(width, num_users, head="lowrank", rank=rank, population_term=True)
@@ -112,17 +113,17 @@ def fit_adapter(features: np.ndarray, pairs: Pairs, num_users: int, *, dim: int 
         raise ValueError("embed.adapt needs training rows; the train split is empty")
     began = time.time()
     phi = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    holdout = _holdout_mask(np.asarray(pairs.prompt), holdout_fraction, seed)
+    holdout = holdout_mask(np.asarray(pairs.prompt), holdout_fraction, seed)
     if holdout.all():
         holdout[:] = False
     settings = dict(rank=rank, epochs=epochs, lr=lr, weight_decay=weight_decay,
                     user_shrinkage=user_shrinkage, holdout=holdout, seed=seed)
     torch.manual_seed(seed)  # the adapter's init: same data and seed -> same features
     adapter = FeatureAdapter(phi.mean(0), phi.std(0), dim)
-    state, epoch, accuracy = _fit(phi, pairs, num_users, adapter, **settings)
+    state, epoch, accuracy = fit_bt(phi, pairs, num_users, adapter, **settings)
     adapter.load_state_dict(state)
     adapter.eval()
-    _, _, frozen = _fit(phi, pairs, num_users, None, **settings)
+    _, _, frozen = fit_bt(phi, pairs, num_users, None, **settings)
     with torch.no_grad():
         out = adapter(phi).numpy().astype(np.float32)
     return AdaptResult(adapter, out, epoch, accuracy, frozen, int((~holdout).sum()),
