@@ -81,6 +81,12 @@ class _Cached:
                 for k, row in enumerate(rows):
                     self.states[row] = out[low][k, :lengths[k]].to(torch.float16)
 
+    @torch.no_grad()
+    def every_text(self, batch: int = 256) -> torch.Tensor:
+        """φ of all texts through the current top layers, without gradients."""
+        return torch.cat([self.features(np.arange(i, min(i + batch, len(self.states))))
+                          for i in range(0, len(self.states), batch)])
+
     def features(self, rows) -> torch.Tensor:
         """φ of texts ``rows`` through the current top layers -> ``[B, H]`` (or concat width)."""
         from transformers.masking_utils import create_bidirectional_mask
@@ -131,10 +137,7 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
     torch.manual_seed(seed)
     encoder.eval()
     cached = _Cached(encoder, ids, low)
-    everything = np.arange(len(ids))
-    with torch.no_grad():
-        frozen = torch.cat([cached.features(everything[i:i + 256])
-                            for i in range(0, len(ids), 256)])
+    frozen = cached.every_text()
     mean, std = frozen.mean(0), frozen.std(0).clamp(min=1e-6)
     holdout = holdout_mask(np.asarray(pairs.prompt), holdout_fraction, seed)
     if holdout.all():
@@ -186,10 +189,7 @@ def tune_top_layers(encoder: TextEncoder, ids: list, pairs: Pairs, num_users: in
         top.eval()
         if len(held):
             # Like with like: a head fitted afresh on this epoch's features, as on the untuned.
-            with torch.no_grad():
-                phi = torch.cat([cached.features(everything[i:i + 256])
-                                 for i in range(0, len(ids), 256)])
-            accuracy = fit_head(phi)
+            accuracy = fit_head(cached.every_text())
             if accuracy > best[2]:
                 best = ({k: v.detach().clone() for k, v in top.state_dict().items()}, epoch,
                         accuracy)

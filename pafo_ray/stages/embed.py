@@ -8,6 +8,7 @@ and every Tune trial then train on this cache.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -138,24 +139,21 @@ def run(ctx: StageContext) -> dict:
     # Never let the pool take every CPU: Ray Data then has no slot left to feed it (a known hang).
     capacity = cluster_capacity(cfg.run.ray)
     tuned = tune_backbone(ctx) if e.tune_layers else None
-    given = ctx.cfg
-    if tuned is not None:  # every text below goes through the tuned backbone
-        ctx.cfg = cfg = _with_backbone(cfg, tuned["backbone_dir"])
-    try:
-        summary = _embed(ctx, cfg, capacity, tuned)
-    finally:
-        ctx.cfg = given  # the runner applies config_updates after the stage
+    if tuned is not None:  # every text below goes through the tuned backbone; the runner
+        # applies config_updates to the run's own context after the stage
+        ctx = dataclasses.replace(ctx, cfg=_with_backbone(cfg, tuned["backbone_dir"]))
+    summary = _embed(ctx, capacity, tuned)
     if tuned is not None:
         summary["tune"] = tuned
         summary["config_updates"] = {"model": {"backbone": tuned["backbone_dir"]}}
     return summary
 
 
-def _embed(ctx: StageContext, cfg, capacity, tuned) -> dict:
+def _embed(ctx: StageContext, capacity, tuned) -> dict:
     import ray
     import ray.data
 
-    run_dir, e = ctx.run_dir, cfg.embed
+    cfg, run_dir, e = ctx.cfg, ctx.run_dir, ctx.cfg.embed
     pool = embed_pool(cfg, capacity)
     adapt = e.adapt != "none"
     # With an adapter the backbone's vectors go to frozen_cache and the adapted ones to cache.
@@ -190,16 +188,12 @@ def _embed(ctx: StageContext, cfg, capacity, tuned) -> dict:
 
 
 def _with_backbone(cfg, backbone: str):
-    import dataclasses
-
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone))
 
 
 def tune_backbone(ctx: StageContext) -> dict:
     """``embed.tune_layers``: fit the backbone's top layers on prepare's **training** rows
     (:mod:`pafo_ray.models.toplayers`) and save it to ``<run>/embed/backbone``."""
-    import dataclasses
-
     import pandas as pd
 
     from pafo_ray.models.adapter import training_pairs
