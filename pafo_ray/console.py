@@ -187,12 +187,19 @@ def headline_lines(summary: dict) -> list[str]:
             values = m.get(key) or {}
             if not values:
                 continue
-            text = ", ".join(f"{name} {_value(v):.3f}" for name, v in values.items())
+            text = ", ".join(f"{name} {_value(values[name]):.3f}" for name in _lowest_first(values))
             if key == "by_group" and m.get("gap") is not None:
                 text += f" (gap {_value(m['gap']):.3f})"
             parts.append(f"{label}: {text}")
         lines.append(f"{method:>8}: " + " | ".join(parts))
     return lines
+
+
+def _lowest_first(values: dict) -> list:
+    """Group and type names lowest support first, as a run prints them and as they come back
+    from the summary's JSON (keys sorted there): minority, bucket_0.., majority."""
+    rank = {"minority": 0, "majority": 2}
+    return sorted(values, key=lambda name: (rank.get(name, 1), name))
 
 
 def _value(v) -> float:

@@ -56,3 +56,24 @@ def test_a_small_pipeline_through_the_cli_prints_few_lines(tmp_path):
     log = (tmp_path / "runs" / "t" / "logs" / "pafo.log").read_text()
     assert "Started a local Ray instance" in log  # Ray's own lines
     assert "[teachers]" in log and "[evaluate]" in log
+
+
+def test_headline_lists_the_lowest_group_first_also_from_a_summary_read_back():
+    """A skipped evaluate prints its summary as read back from JSON (keys sorted there): the
+    lines must read as the run's own, minority first."""
+    import json
+
+    from pafo_ray.console import headline_lines
+
+    head = {"vanilla": {"overall": 0.7, "gap": 0.2,
+                        "by_group": {"minority": 0.54, "majority": 0.74},
+                        "by_user_type": {"minority": {"value": 0.45}, "majority": 0.77}}}
+    read_back = json.loads(json.dumps({"headline": head}, sort_keys=True))
+    assert list(read_back["headline"]["vanilla"]["by_group"]) == ["majority", "minority"]
+    expected = ("vanilla: accuracy 0.700 | groups: minority 0.540, majority 0.740 (gap 0.200) "
+                "| user types: minority 0.450, majority 0.770")
+    assert [line.strip() for line in headline_lines(read_back)] == [expected]
+    buckets = {"vanilla": {"overall": 0.7, "by_group": {"bucket_2": 0.8, "bucket_0": 0.6,
+                                                         "bucket_1": 0.7}}}
+    assert "groups: bucket_0 0.600, bucket_1 0.700, bucket_2 0.800" in headline_lines(
+        {"headline": buckets})[0]

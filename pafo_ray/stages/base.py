@@ -40,10 +40,16 @@ class StageContext:
     cfg: PipelineConfig
     run_dir: RunLayout
     hashes: dict = field(default_factory=dict)
-    # The backbone as configured, when embed has put a tuned one in its place (embed.tune_layers):
-    # stage hashes keep using it (embed's own hash, which every later stage includes, covers
-    # the tuning), so a full run and a single stage agree on them.
-    given_backbone: str | None = None
+    # The config as the user gave it. Stages run on ``cfg``, which takes what upstream stages
+    # chose (``config_updates``: regularize's weight decay, embed's tuned backbone); hashes are
+    # computed from ``given`` alone, and each upstream stage's hash, which every later stage
+    # includes, covers what it chose. So a full run, a rerun and a single stage on its own agree
+    # on every hash, whenever each is computed.
+    given: PipelineConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.given is None:
+            self.given = self.cfg
 
     @classmethod
     def create(cls, cfg: PipelineConfig) -> "StageContext":
@@ -64,14 +70,11 @@ def stage_hash(ctx: StageContext, name: str) -> str:
     if name in ctx.hashes:
         return ctx.hashes[name]
     module = stage_module(name)
-    cfg = ctx.cfg
-    if ctx.given_backbone is not None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                 backbone=ctx.given_backbone))
+    cfg = ctx.given
     own = (module.hash_payload(cfg) if hasattr(module, "hash_payload")
            else cfg.section_hash(*module.SECTIONS))
-    parts = [own, str(ctx.cfg.run.seed)]
-    parts += [stage_hash(ctx, dep) for dep in depends(name) if is_active(ctx.cfg, dep)]
+    parts = [own, str(cfg.run.seed)]
+    parts += [stage_hash(ctx, dep) for dep in depends(name) if is_active(cfg, dep)]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     ctx.hashes[name] = digest
     return digest
@@ -132,21 +135,15 @@ def _apply_updates(ctx: StageContext, summary: dict) -> None:
     """A stage may choose config values for the stages after it (``config_updates``)."""
     for section, values in (summary.get("config_updates") or {}).items():
         current = getattr(ctx.cfg, section)
-        if section == "model" and "backbone" in values and ctx.given_backbone is None:
-            ctx.given_backbone = current.backbone
         ctx.cfg = dataclasses.replace(ctx.cfg, **{section: dataclasses.replace(current, **values)})
 
 
 def apply_upstream(ctx: StageContext) -> None:
-    """Before running a single stage: take the updates of finished upstream stages.
-
-    The upstream hash is computed first, from the config as given, as a full run does.
-    """
+    """Before running a single stage: take the updates of finished upstream stages (hashes
+    do not change: they come from the config as given)."""
     for name in ("embed", "regularize"):  # embed: a tuned backbone (embed.tune_layers)
-        if is_active(ctx.cfg, name):
-            stage_hash(ctx, name)
-            if is_done(ctx, name):
-                _apply_updates(ctx, ctx.run_dir.summary(name))
+        if is_active(ctx.cfg, name) and is_done(ctx, name):
+            _apply_updates(ctx, ctx.run_dir.summary(name))
 
 
 def upstream(cfg: PipelineConfig, name: str) -> list[str]:
