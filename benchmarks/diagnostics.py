@@ -11,6 +11,11 @@
 - ``teachers``: each teacher's validation accuracy on its own group beside vanilla's on that
   group (DESIGN §6: distillation helps only where a teacher beats vanilla there), and the
   seconds each model's fit took.
+- ``grouping``: how pure the lowest group could be. One assignment round of the mixture
+  (:func:`pafo_ray.grouping.mixture_groups`) with the population vectors fitted on the
+  simulator's *true* user types and the groups kept at their true sizes: each user still goes
+  where its own ~10 training rows point, so this is the purity the run's grouping model could
+  reach with the populations known exactly — beside the run's own purity and recall.
 - ``cost``: seconds of the embed stage's forward pass, the top-layer tuning
   (``embed.tune_layers``) and the adapter fit.
 Diagnostics only: nothing here feeds a choice of the pipeline.
@@ -137,6 +142,50 @@ def teacher_table(run_dir) -> dict:
     return out
 
 
+def grouping_ceiling(x, user_index, is_minority, l2: float) -> dict:
+    """Purity and recall of the lowest group after one assignment round from the true types
+    (``is_minority`` ``[U]`` bool), the sizes kept: minority-type users among those placed
+    lowest, and the share of minority-type users placed there; users without training rows
+    are left out of both. ``x`` ``[n, K]``, ``user_index`` ``[n]`` as in ``mixture_groups``."""
+    import torch
+
+    from pafo_ray.grouping import mixture_groups
+
+    truth = torch.from_numpy(np.array(is_minority, dtype=bool))
+    result = mixture_groups(x, user_index, (~truth).long(), iterations=1, l2=l2,
+                            sizes="quantile")
+    rows = torch.bincount(user_index, minlength=len(truth))
+    return {**_purity(result.groups.numpy() == 0, truth.numpy(), rows.numpy() > 0),
+            "rows_per_user": float(np.median(rows.numpy()[rows.numpy() > 0]))}
+
+
+def _purity(lowest, truth, has_rows) -> dict:
+    lowest, truth = lowest & has_rows, truth & has_rows
+    return {"purity": float(truth[lowest].mean()) if lowest.any() else None,
+            "recall": float(lowest[truth].mean()) if truth.any() else None,
+            "users": int(lowest.sum()), "minority_type_users": int(truth.sum())}
+
+
+def grouping(ctx) -> dict:
+    """The run's lowest group against :func:`grouping_ceiling` (user-level groups, two groups,
+    data with the simulator's user_type only)."""
+    from pafo_ray.stages.groups import _train_user_types, base_differences
+
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    if cfg.prepare.group_level != "user" or cfg.prepare.num_groups != 2:
+        return {"skipped": "needs user-level groups and prepare.num_groups=2"}
+    types = _train_user_types(run_dir)
+    if types is None or types.isna().all():
+        return {"skipped": "the data has no user_type"}
+    users = run_dir.users()
+    truth = (types.reindex(users["user_id"].astype(str)) == "minority").to_numpy()
+    x, user_index, _ = base_differences(ctx, users)
+    has_rows = np.bincount(user_index.numpy(), minlength=len(users)) > 0
+    lowest = (users["group"] == "minority").to_numpy()
+    return {"run": _purity(lowest, truth, has_rows),
+            "ceiling": grouping_ceiling(x, user_index, truth, cfg.groups.l2)}
+
+
 def collect(ctx) -> dict:
     """Every diagnostic this run's data allows; a failing one is reported, never fatal."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -146,7 +195,7 @@ def collect(ctx) -> dict:
                    "embed_seconds": embed.get("seconds"),
                    "adapt": embed.get("adapt"), "tune": embed.get("tune"), "dim": embed.get("dim"),
                    "truncated_texts": embed.get("truncated_texts"), "texts": embed.get("texts")}
-    steps = [("teachers", lambda: teacher_table(run_dir))]
+    steps = [("teachers", lambda: teacher_table(run_dir)), ("grouping", lambda: grouping(ctx))]
     if cfg.data.source == "dsp":
         steps += [("ceiling", lambda: dsp_ceiling(cfg)), ("probe", lambda: dsp_probe(cfg, run_dir))]
     for name, step in steps:

@@ -246,13 +246,18 @@ def render_diagnostics(runs: list) -> list:
              "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers); "
              "`teachers` = validation accuracy on the teacher's own group vs vanilla's "
              "on that group (`_ft`: started from vanilla); seconds: the embed forward pass, the "
-             "top-layer tuning, the adapter fit, vanilla's fit; `true groups`: the twin run with "
+             "top-layer tuning, the adapter fit, vanilla's fit; `grouping` = the run's lowest group, "
+             "its share of minority-type users (purity) / the share of minority-type users in it "
+             "(recall), → the purity one assignment round reaches from the true types' "
+             "population vectors at the true size (each user placed by its own training rows: "
+             "the grouping's ceiling at this many rows a user); `true groups`: the twin run with "
              "the simulator's user types as the groups (`--oracle`), the share of its vanilla's "
              "gap that pafo / the default weights close, and its minority teacher vs vanilla on "
              "the minority group's validation rows: what perfect grouping would give.", "",
              "| dataset | seed | overrides | type utility | vanilla | vanilla / type utility | probe "
-             "| teachers (own vs vanilla) | embed s / tune s / adapt s / vanilla fit s | true groups |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| teachers (own vs vanilla) | embed s / tune s / adapt s / vanilla fit s | grouping "
+             "| true groups |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         d = run.get("diagnostics") or {}
         ceiling = (d.get("ceiling") or {}).get("type") or {}
@@ -274,8 +279,17 @@ def render_diagnostics(runs: list) -> list:
             f"{_pct(ceiling.get('majority'))} / {_pct(ceiling.get('minority'))} | "
             f"{_pct(van.get('majority'))} / {_pct(van.get('minority'))} | {share} | {probe_text} | "
             f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {tune or '–'} / {adapt or '–'} / "
-            f"{vfit or '–'} | {_oracle_text(run.get('oracle'))} |")
+            f"{vfit or '–'} | {_grouping_text(d.get('grouping'))} | {_oracle_text(run.get('oracle'))} |")
     return lines
+
+
+def _grouping_text(grouping) -> str:
+    if not grouping or "run" not in grouping:
+        return "–"
+    run, ceiling = grouping["run"], grouping["ceiling"]
+    return (f"{_pct(run['purity'])} / {_pct(run['recall'])} ({run['users']} users) → "
+            f"{_pct(ceiling['purity'])} at {ceiling['minority_type_users']}; "
+            f"{ceiling['rows_per_user']:g} rows a user")
 
 
 def _oracle_text(oracle) -> str:

@@ -38,7 +38,7 @@ def test_diagnostics_table_gets_the_true_groups_cell():
            "oracle": {"closed": {"pafo": 0.25, "pafo_default": 0.5}, "minority_teacher": 0.7,
                       "vanilla_on_minority": 0.6}}
     row = render_diagnostics([run])[-1]
-    assert row.endswith("| closed 25% / 50%; minority teacher 70.0 vs 60.0 |")
+    assert row.endswith("| – | closed 25% / 50%; minority teacher 70.0 vs 60.0 |")
     assert row.count("|") == render_diagnostics([run])[-2].count("|")  # as many cells as the rule
 
 
@@ -51,3 +51,44 @@ def test_verdict_needs_half_the_gap_the_majority_and_no_dominating_baseline():
     del rows["reweight"]
     rows["pafo"] = [{"minority": 0.66, "majority": 0.69}]  # majority -1.0 point
     assert "bar (not met)" in verdict(rows)
+
+
+def test_diagnostics_table_gets_the_grouping_cell():
+    run = {"dataset": "dsp", "seed": 0, "metrics": metrics(vanilla=(0.6, 0.7)),
+           "diagnostics": {"grouping": {
+               "run": {"purity": 0.75, "recall": 0.9, "users": 120, "minority_type_users": 100},
+               "ceiling": {"purity": 0.82, "recall": 0.82, "users": 100,
+                           "minority_type_users": 100, "rows_per_user": 11.0}}}}
+    lines = render_diagnostics([run])
+    assert lines[-1].endswith("| 75.0 / 90.0 (120 users) → 82.0 at 100; 11 rows a user | – |")
+    assert lines[-1].count("|") == lines[-2].count("|")
+
+
+def test_grouping_ceiling_on_planted_users():
+    """Two types with opposite population vectors on one base reward: with 12 clean rows a
+    user every user is placed by its rows (purity 1); with 1 row a user and half the rows
+    against the type, placement is a coin toss for those users and purity falls."""
+    import numpy as np
+    import torch
+
+    from benchmarks.diagnostics import grouping_ceiling
+
+    rng = np.random.default_rng(0)
+    truth = np.arange(40) < 10  # 10 minority-type users of 40
+    sign = np.where(truth, -1.0, 1.0)
+
+    def rows(per_user, flip):
+        users = np.repeat(np.arange(40), per_user)
+        x = np.abs(rng.normal(1.0, 0.2, len(users))) * sign[users]
+        x[rng.random(len(users)) < flip] *= -1
+        return torch.tensor(x[:, None]), torch.tensor(users)
+
+    clean = grouping_ceiling(*rows(12, 0.0), truth, l2=1e-3)
+    assert clean["purity"] == clean["recall"] == 1.0
+    assert clean["users"] == clean["minority_type_users"] == 10 and clean["rows_per_user"] == 12
+    noisy = grouping_ceiling(*rows(1, 0.4), truth, l2=1e-3)
+    assert noisy["users"] == 10 and noisy["purity"] < 0.9
+    # a user without rows counts in neither share
+    x, users = rows(12, 0.0)
+    keep = users != 0
+    assert grouping_ceiling(x[keep], users[keep], truth, l2=1e-3)["minority_type_users"] == 9

@@ -58,17 +58,18 @@ def _regroup(batch: pa.Table, users_ref) -> pa.Table:
     return batch.set_column(index, "group", pa.array(groups, pa.string()))
 
 
-def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Users with ``group`` and ``mixture_score`` refined by the mixture; and its details."""
+def base_differences(ctx: StageContext, users: pd.DataFrame):
+    """The grouping model's view of the training rows: ``(x, user_index, metrics)`` with
+    ``x = W(φ_chosen − φ_rejected)`` ``[n, K]`` of a vanilla lowrank head with a population
+    term fitted in-process on the embedding cache (the run's regularisation), ``user_index``
+    ``[n]`` each row's position in ``users``, and that model's validation metrics."""
     import torch
 
-    from pafo_ray.grouping import mixture_groups
     from pafo_ray.train.arrays import read_cache
     from pafo_ray.train.frames import read_frame
     from pafo_ray.train.inmemory import train_vanilla
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    names = group_names(cfg.prepare.num_groups)
     model_cfg = dataclasses.replace(cfg.model, head="lowrank", population_term=True,
                                     dropout=0.0)
     model, metrics = train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
@@ -84,6 +85,18 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
         chosen = cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))
         rejected = cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))
         x = base(cache.vectors[chosen]) - base(cache.vectors[rejected])  # [n, K]
+    return x, user_index, metrics
+
+
+def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Users with ``group`` and ``mixture_score`` refined by the mixture; and its details."""
+    import torch
+
+    from pafo_ray.grouping import mixture_groups
+
+    cfg = ctx.cfg
+    names = group_names(cfg.prepare.num_groups)
+    x, user_index, metrics = base_differences(ctx, users)
     index = {g: i for i, g in enumerate(names)}
     initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
