@@ -169,7 +169,7 @@ def _purity(lowest, truth, has_rows) -> dict:
 def grouping(ctx) -> dict:
     """The run's lowest group against :func:`grouping_ceiling` (user-level groups, two groups,
     data with the simulator's user_type only)."""
-    from pafo_ray.stages.groups import _train_user_types, base_differences
+    from pafo_ray.stages.groups import _train_user_types, base_differences, grouping_model
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
     if cfg.prepare.group_level != "user" or cfg.prepare.num_groups != 2:
@@ -179,7 +179,7 @@ def grouping(ctx) -> dict:
         return {"skipped": "the data has no user_type"}
     users = run_dir.users()
     truth = (types.reindex(users["user_id"].astype(str)) == "minority").to_numpy()
-    x, user_index, _ = base_differences(ctx, users)
+    x, user_index = base_differences(ctx, grouping_model(ctx)[0], users)
     has_rows = np.bincount(user_index.numpy(), minlength=len(users)) > 0
     lowest = (users["group"] == "minority").to_numpy()
     return {"run": _purity(lowest, truth, has_rows),

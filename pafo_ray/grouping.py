@@ -92,6 +92,12 @@ def ridge_newton(x: torch.Tensor, w: torch.Tensor, base: torch.Tensor, start: to
     return v
 
 
+# With validation rows, the rounds stop once this many in a row have not beaten the best one;
+# EM also stops when no user moved and no mixing weight changed by CONVERGED.
+PATIENCE = 5
+CONVERGED = 1e-6
+
+
 @dataclass
 class MixtureResult:
     groups: torch.Tensor      # [U] long, 0 = lowest support
@@ -101,68 +107,145 @@ class MixtureResult:
     mixing: list | None = None  # sizes="estimate": the mixing weights π per round
     sizes_used: str = "quantile"  # what set the sizes: estimate, quantile or likelihood (argmax)
     fallback: str | None = None  # why estimate's sizes were not used (None: they were, or n/a)
+    round_kept: int = 0       # the round whose groups these are (1-based; 0: no round ran)
+    val_loglik: list | None = None  # per round: the validation rows' predictive log-likelihood
 
 
 def mixture_groups(x: torch.Tensor, user_index: torch.Tensor, initial: torch.Tensor, *,
                    iterations: int = 2, l2: float = 1e-3,
                    keep_sizes: bool = True, sizes: str = "quantile",
-                   min_users: int = 1) -> MixtureResult:
+                   min_users: int = 1, val_x: torch.Tensor | None = None,
+                   val_user_index: torch.Tensor | None = None) -> MixtureResult:
     """Refine user groups by the population vector that explains each user's labels.
 
     Args:
         x: ``[n, K]`` base-reward differences of the training rows.
         user_index: ``[n]`` long in ``[0, U)``: the user of each row.
         initial: ``[U]`` long in ``[0, G)``: the starting groups (prepare's support groups).
-        iterations: refit-and-reassign rounds (0 keeps ``initial``).
+        iterations: refit-and-reassign rounds (0 keeps ``initial``); with validation rows,
+          the most rounds.
         keep_sizes: with two groups, keep each group's number of users (users with rows).
         sizes: ``quantile`` (sizes as above) or ``estimate``: ``iterations`` EM rounds of a
           mixture whose mixing weights are fitted too, so the data choose the sizes.
         min_users: ``estimate`` only: if it leaves a group with fewer users with rows than
           this, the quantile sizes are used instead (``fallback`` says why).
+        val_x, val_user_index: the validation rows, as ``x`` and ``user_index``. Given, the
+          groups kept are those of the round under which they are most likely
+          (:func:`validation_loglik`), so the data choose how far the rounds go; else the
+          last round's.
     Returns:
         :class:`MixtureResult`.
     """
     num_users = initial.shape[0]
     num_groups = int(initial.max()) + 1 if num_users else 1
-    if user_index.numel() and (int(user_index.min()) < 0 or int(user_index.max()) >= num_users):
-        raise ValueError("user_index must lie in [0, number of users)")
+    for index in (user_index, val_user_index):
+        if index is not None and index.numel() and (int(index.min()) < 0
+                                                     or int(index.max()) >= num_users):
+            raise ValueError("user_index must lie in [0, number of users)")
+    validation = None if val_x is None else (val_x.to(torch.float64), val_user_index)
     groups = initial.clone().long()
     has_rows = torch.bincount(user_index, minlength=num_users) > 0
     x = x.to(torch.float64)
     populations = torch.zeros(num_groups, x.shape[1], dtype=torch.float64)
     loglik = torch.zeros(num_users, num_groups, dtype=torch.float64)
-    moved = []
     if sizes not in ("quantile", "estimate"):
         raise ValueError(f"groups.sizes must be 'quantile' or 'estimate', got {sizes!r}")
     fallback, mixing = None, None
     kept = "quantile" if num_groups == 2 and keep_sizes else "likelihood"
     if sizes == "estimate" and num_groups > 1:
-        estimated = _estimate_sizes(x, user_index, groups, has_rows, iterations, l2)
+        estimated = _estimate_sizes(x, user_index, groups, has_rows, iterations, l2, validation)
         counts = torch.bincount(estimated.groups[has_rows], minlength=num_groups)
         if int(counts.min()) >= min_users:
             return estimated
         fallback = (f"estimate left group {int(counts.argmin())} with {int(counts.min())} "
-                    f"user(s) (< {min_users}; last round's mixing weights "
-                    f"{estimated.mixing[-1]}): "
+                    f"user(s) (< {min_users}; the kept round's mixing weights "
+                    f"{estimated.mixing[estimated.round_kept - 1] if estimated.round_kept else None}): "
                     + ("quantile sizes used" if kept == "quantile"
                        else "each user in its most likely group"))
         mixing = estimated.mixing  # kept for the record
-    for _ in range(iterations):
-        row_group = groups[user_index]
-        for k in range(num_groups):
-            populations[k] = fit_population(x[row_group == k], l2, init=populations[k])
-        per_row = F.logsigmoid(x @ populations.T)  # [n, G]
-        loglik = torch.zeros(num_users, num_groups, dtype=torch.float64).index_add_(
-            0, user_index, per_row)
+    rounds, moved = _Rounds(validation), []
+    for r in range(iterations):
+        loglik = _fit_groups(x, user_index, groups, populations, l2)
         if num_groups == 2 and keep_sizes:
             new = _keep_sizes(loglik[:, 0] - loglik[:, 1], groups, has_rows)
         else:
             new = torch.where(has_rows, loglik.argmax(dim=1), groups)
+        rounds.add(r, groups, populations, _log_one_hot(groups, num_groups),
+                   _score(loglik, groups, has_rows))  # populations fitted on these groups
         moved.append(int((new != groups).sum()))
         groups = new
-    return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved, mixing,
-                         sizes_used=kept,
-                         fallback=fallback)
+        if not moved[-1] or rounds.done():  # a fixed point: later rounds repeat this one
+            break
+    if validation is None or not iterations:
+        return MixtureResult(groups, _score(loglik, groups, has_rows), populations, moved, mixing,
+                             sizes_used=kept, fallback=fallback, round_kept=len(moved))
+    final = populations.clone()  # the last round's groups, judged by populations fitted on them
+    loglik = _fit_groups(x, user_index, groups, final, l2)
+    rounds.add(len(moved), groups, final, _log_one_hot(groups, num_groups),
+               _score(loglik, groups, has_rows))
+    best = rounds.best()
+    return MixtureResult(best["groups"], best["score"], best["populations"], moved, mixing,
+                         sizes_used=kept, fallback=fallback, round_kept=best["round"],
+                         val_loglik=rounds.val_loglik)
+
+
+def _fit_groups(x, user_index, groups, populations, l2: float) -> torch.Tensor:
+    """Fit each group's population on its users' rows (``populations`` updated in place);
+    returns every user's log-likelihood under each population ``[U, G]``."""
+    row_group = groups[user_index]
+    for k in range(populations.shape[0]):
+        populations[k] = fit_population(x[row_group == k], l2, init=populations[k])
+    return torch.zeros(groups.shape[0], populations.shape[0], dtype=torch.float64).index_add_(
+        0, user_index, F.logsigmoid(x @ populations.T))
+
+
+def _log_one_hot(groups, num_groups: int) -> torch.Tensor:
+    return torch.log(F.one_hot(groups, num_groups).to(torch.float64))
+
+
+def validation_loglik(val_x: torch.Tensor, val_user_index: torch.Tensor,
+                      populations: torch.Tensor, log_weight: torch.Tensor) -> float:
+    """Mean log-likelihood of the validation rows' labels (all "chosen wins") under a
+    grouping: ``Σ_u log Σ_k w_uk Π_{i∈u} σ(g_k · x_i)`` over the rows' users, divided by the
+    number of rows, where ``log_weight`` ``[U, G]`` is each user's log posterior from its
+    training rows (EM) or the log one-hot of its group (0 / −inf). Each user's groups are
+    judged on comparisons it answered that did not place it."""
+    if val_x.shape[0] == 0:
+        return 0.0
+    per_user = torch.zeros_like(log_weight).index_add_(
+        0, val_user_index, F.logsigmoid(val_x.to(populations.dtype) @ populations.T))
+    users = torch.unique(val_user_index)
+    return float(torch.logsumexp(log_weight[users] + per_user[users], dim=1).sum()) / val_x.shape[0]
+
+
+class _Rounds:
+    """Each round's groups and populations, and (with validation rows) the round to keep:
+    round ``r`` = the groups after ``r`` reassignments (0: the start)."""
+
+    def __init__(self, validation) -> None:
+        self.validation, self.kept, self.since_best = validation, [], 0
+        self.val_loglik = [] if validation is not None else None
+
+    def add(self, r: int, groups, populations, log_weight, score) -> None:
+        state = {"round": r, "groups": groups.clone(), "populations": populations.clone(),
+                 "score": score}
+        if self.validation is not None:
+            value = validation_loglik(*self.validation, populations, log_weight)
+            self.val_loglik.append(round(value, 6))
+            if not self.kept or value > self.kept[0]["value"]:  # ties: the earlier round
+                self.kept = [{**state, "value": value}]
+                self.since_best = 0
+            else:
+                self.since_best += 1
+        else:
+            self.kept = [state]
+
+    def done(self) -> bool:
+        """With validation rows: ``PATIENCE`` rounds in a row have not beaten the best."""
+        return self.validation is not None and self.since_best >= PATIENCE
+
+    def best(self) -> dict:
+        return self.kept[0]
 
 
 def _score(loglik: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:
@@ -201,22 +284,34 @@ def _em_round(x: torch.Tensor, user_index: torch.Tensor, resp: torch.Tensor,
     return torch.where(has_rows[:, None], log_post.exp(), resp), log_post, mixing
 
 
-def _estimate_sizes(x, user_index, groups, has_rows, iterations: int, l2: float) -> MixtureResult:
+def _estimate_sizes(x, user_index, groups, has_rows, iterations: int, l2: float,
+                    validation=None) -> MixtureResult:
     """``sizes="estimate"``: EM from the one-hot starting groups; each user with rows ends in
-    its group of highest posterior (so the group sizes are the data's, not the quantile's)."""
+    its group of highest posterior (so the group sizes are the data's, not the quantile's).
+    With ``validation`` rows the round kept is the one under which they are most likely."""
     num_groups = int(groups.max()) + 1
     resp = F.one_hot(groups, num_groups).to(torch.float64)
     populations = torch.zeros(num_groups, x.shape[1], dtype=torch.float64)
     log_post = torch.log(resp)
-    moved, mixing = [], []
-    for _ in range(iterations):
+    mixing, moved = [], []
+    rounds = _Rounds(validation)
+    for r in range(iterations):
         resp, log_post, pi = _em_round(x, user_index, resp, populations, has_rows, l2)
         new = torch.where(has_rows, resp.argmax(dim=1), groups)
-        moved.append(int((new != groups).sum()))
         mixing.append([round(float(v), 6) for v in pi])
+        moved.append(int((new != groups).sum()))
+        rounds.add(r + 1, new, populations, log_post, _score(log_post, new, has_rows))
         groups = new
-    return MixtureResult(groups, _score(log_post, groups, has_rows), populations, moved, mixing,
-                         sizes_used="estimate")
+        if rounds.done() or (len(mixing) > 1 and not moved[-1] and max(
+                abs(a - b) for a, b in zip(mixing[-1], mixing[-2])) < CONVERGED):
+            break
+    if not iterations:
+        return MixtureResult(groups, _score(log_post, groups, has_rows), populations, [],
+                             mixing, sizes_used="estimate")
+    best = rounds.best()
+    return MixtureResult(best["groups"], best["score"], best["populations"], moved,
+                         mixing, sizes_used="estimate", round_kept=best["round"],
+                         val_loglik=rounds.val_loglik)
 
 
 def _keep_sizes(ratio: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:

@@ -234,9 +234,69 @@ def test_estimate_that_empties_a_group_falls_back_to_the_quantile_sizes():
 @pytest.mark.parametrize("override,key", [("groups.sizes=bic", "groups.sizes"),
                                           ("groups.iterations=-1", "groups.iterations"),
                                           ("groups.l2=0", "groups.l2"),
-                                          ("groups.min_users=0", "groups.min_users")])
+                                          ("groups.min_users=0", "groups.min_users"),
+                                          ("groups.choose_round=best", "groups.choose_round")])
 def test_bad_group_settings_are_config_errors_naming_the_key(override, key):
     from pafo_ray.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_validation_loglik_by_hand():
+    """K = 1, populations g = [1] and [−1]. User 0 sits in group 0 (one-hot) with one
+    validation row x = 2; user 1 has posterior (0.25, 0.75) and rows x = −1 and 3:
+    (log σ(2) + log(0.25 σ(−1) σ(3) + 0.75 σ(1) σ(−3))) / 3 rows."""
+    from pafo_ray.grouping import validation_loglik
+
+    def s(v):
+        return 1 / (1 + math.exp(-v))
+
+    expected = (math.log(s(2)) + math.log(0.25 * s(-1) * s(3) + 0.75 * s(1) * s(-3))) / 3
+    log_weight = torch.log(torch.tensor([[1.0, 0.0], [0.25, 0.75]], dtype=torch.float64))
+    value = validation_loglik(torch.tensor([[2.0], [-1.0], [3.0]]), torch.tensor([0, 1, 1]),
+                              torch.tensor([[1.0], [-1.0]], dtype=torch.float64), log_weight)
+    assert value == pytest.approx(expected, abs=1e-12)
+
+
+def _rows_of(is_minority, rows_per_user, seed, flip=0.0):
+    """Rows of the planted users (as :func:`planted`), a share ``flip`` of labels reversed."""
+    gen = torch.Generator().manual_seed(seed)
+    g_major, g_minor = torch.tensor([2.0, 1.0, 0.0, 0.0]), torch.tensor([-2.0, 1.0, 0.0, 0.0])
+    user_index = torch.arange(len(is_minority)).repeat_interleave(rows_per_user)
+    x = torch.randn(len(user_index), 4, generator=gen)
+    g = torch.where(is_minority[user_index, None], g_minor, g_major)
+    x = x * torch.sign((x * g).sum(-1, keepdim=True))
+    flipped = torch.rand(len(user_index), generator=gen) < flip
+    return torch.where(flipped[:, None], -x, x), user_index
+
+
+def test_the_round_kept_is_the_one_validation_likes_best_and_it_goes_past_two():
+    """A 95/5 population started from a 20% group, as at builtin-95: two EM rounds leave many
+    majority-type users in the minority group; the round chosen on the validation rows is a
+    later one, purer, and the same groups a run of exactly that many rounds gives."""
+    is_minority = torch.zeros(400, dtype=torch.bool)
+    is_minority[:20] = True
+    x, users = _rows_of(is_minority, 10, seed=0, flip=0.1)
+    val_x, val_users = _rows_of(is_minority, 10, seed=1, flip=0.1)
+    initial = torch.ones(400, dtype=torch.long)
+    initial[:50] = 0  # the 20 minority-type users and 30 majority-type ones
+
+    def purity(result):
+        return float(is_minority[result.groups == 0].float().mean())
+
+    two = mixture_groups(x, users, initial, iterations=2, sizes="estimate")
+    chosen = mixture_groups(x, users, initial, iterations=20, sizes="estimate",
+                            val_x=val_x, val_user_index=val_users)
+    assert chosen.round_kept == 1 + int(np.argmax(chosen.val_loglik)) > 2
+    assert len(chosen.val_loglik) == len(chosen.moved) <= 20
+    assert purity(chosen) >= 0.9 and purity(chosen) > purity(two) + 0.2
+    again = mixture_groups(x, users, initial, iterations=chosen.round_kept, sizes="estimate")
+    assert torch.equal(again.groups, chosen.groups)
+    assert torch.allclose(again.populations, chosen.populations)
+    # Quantile sizes with validation: rounds 0 (the start) .. the last, one value each.
+    kept = mixture_groups(x, users, initial, iterations=3, sizes="quantile",
+                          val_x=val_x, val_user_index=val_users)
+    assert len(kept.val_loglik) == len(kept.moved) + 1
+    assert kept.round_kept == int(np.argmax(kept.val_loglik))
+    assert int((kept.groups == 0).sum()) == 50

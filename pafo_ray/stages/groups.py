@@ -58,34 +58,41 @@ def _regroup(batch: pa.Table, users_ref) -> pa.Table:
     return batch.set_column(index, "group", pa.array(groups, pa.string()))
 
 
-def base_differences(ctx: StageContext, users: pd.DataFrame):
-    """The grouping model's view of the training rows: ``(x, user_index, metrics)`` with
-    ``x = W(φ_chosen − φ_rejected)`` ``[n, K]`` of a vanilla lowrank head with a population
-    term fitted in-process on the embedding cache (the run's regularisation), ``user_index``
-    ``[n]`` each row's position in ``users``, and that model's validation metrics."""
+def grouping_model(ctx: StageContext):
+    """A vanilla lowrank head with a population term fitted in-process on the embedding cache
+    (the run's regularisation): ``(model, validation metrics)``."""
+    from pafo_ray.train.inmemory import train_vanilla
+
+    cfg = ctx.cfg
+    model_cfg = dataclasses.replace(cfg.model, head="lowrank", population_term=True,
+                                    dropout=0.0)
+    return train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
+                         user_shrinkage=cfg.model.user_shrinkage, model_cfg=model_cfg)
+
+
+def base_differences(ctx: StageContext, model, users: pd.DataFrame, split: str = "train"):
+    """The grouping model's view of a split's rows: ``(x, user_index)`` with
+    ``x = W(φ_chosen − φ_rejected)`` ``[n, K]`` and ``user_index`` ``[n]`` each row's position
+    in ``users`` (a row of a user not there: an error naming the split)."""
     import torch
 
     from pafo_ray.train.arrays import read_cache
     from pafo_ray.train.frames import read_frame
-    from pafo_ray.train.inmemory import train_vanilla
 
-    cfg, run_dir = ctx.cfg, ctx.run_dir
-    model_cfg = dataclasses.replace(cfg.model, head="lowrank", population_term=True,
-                                    dropout=0.0)
-    model, metrics = train_vanilla(cfg, weight_decay=cfg.train.weight_decay,
-                                   user_shrinkage=cfg.model.user_shrinkage, model_cfg=model_cfg)
-    cache = read_cache(run_dir.embed_cache())
-    rows = read_frame(run_dir.prepared_rows("train"),
+    cache = read_cache(ctx.run_dir.embed_cache())
+    rows = read_frame(ctx.run_dir.prepared_rows(split),
                       columns=["user_id", "chosen_text_id", "rejected_text_id"])
-    user_pos = {u: i for i, u in enumerate(users["user_id"])}
-    user_index = torch.from_numpy(
-        rows["user_id"].astype(str).map(user_pos).to_numpy(np.int64, copy=True))
+    position = rows["user_id"].astype(str).map({u: i for i, u in enumerate(users["user_id"])})
+    if position.isna().any():
+        raise ValueError(f"{int(position.isna().sum())} {split} row(s) of users missing from "
+                         f"prepare's users table (first: {rows['user_id'][position.isna()].iloc[0]!r})")
+    user_index = torch.from_numpy(position.to_numpy(np.int64, copy=True))
     with torch.no_grad():
         base = model.head.base
         chosen = cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))
         rejected = cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))
         x = base(cache.vectors[chosen]) - base(cache.vectors[rejected])  # [n, K]
-    return x, user_index, metrics
+    return x, user_index
 
 
 def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -96,19 +103,26 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
     cfg = ctx.cfg
     names = group_names(cfg.prepare.num_groups)
-    x, user_index, metrics = base_differences(ctx, users)
+    model, metrics = grouping_model(ctx)
+    x, user_index = base_differences(ctx, model, users)
+    val_x, val_index = (base_differences(ctx, model, users, "val")
+                        if cfg.groups.choose_round == "validation" else (None, None))
     index = {g: i for i, g in enumerate(names)}
     initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
                             l2=cfg.groups.l2, sizes=cfg.groups.sizes,
-                            min_users=cfg.groups.min_users)
+                            min_users=cfg.groups.min_users, val_x=val_x,
+                            val_user_index=val_index)
     users = users.assign(group=np.asarray(names, dtype=object)[result.groups.numpy()],
                          mixture_score=result.score.numpy())
     details = {"grouping_model_val_accuracy": metrics.get("val_accuracy"),
                "moved_per_round": result.moved,
                "populations": result.populations.tolist(),
                "sizes": cfg.groups.sizes, "sizes_used": result.sizes_used,
-               "sizes_fallback": result.fallback, "mixing_per_round": result.mixing}
+               "sizes_fallback": result.fallback, "mixing_per_round": result.mixing,
+               "rounds_run": len(result.moved), "round_kept": result.round_kept,
+               "choose_round": cfg.groups.choose_round,
+               "val_loglik_per_round": result.val_loglik}
     return users, details
 
 
@@ -145,8 +159,10 @@ def run(ctx: StageContext) -> dict:
     details: dict = {}
     if uses_mixture(cfg):
         users, details = mixture(ctx, users)
-        how = (f"mixture of {len(names)} population vectors, {cfg.groups.iterations} rounds, "
-               f"sizes by {details['sizes_used']}")
+        how = (f"mixture of {len(names)} population vectors, "
+               + (f"round {details['round_kept']} of {details['rounds_run']} kept on validation"
+                  if details["val_loglik_per_round"] else f"{details['rounds_run']} rounds")
+               + f", sizes by {details['sizes_used']}")
         if details["sizes_fallback"]:
             how += f" ({details['sizes_fallback']})"
     elif cfg.groups.method == "oracle" and cfg.prepare.group_level == "user":  # a diagnostic
