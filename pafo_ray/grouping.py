@@ -18,7 +18,16 @@ the group of highest posterior at the end. On little data EM can empty a group (
 weight runs to 0, e.g. 60 users with 7 training rows each): when it leaves any group with fewer
 than ``min_users`` users with rows, the quantile sizes are used instead and the result says so
 (``sizes_used``, ``fallback``). Users without training rows keep the group they had.
-Everything here is plain torch.
+
+How many rounds: given the validation rows' ``x`` (the groups stage passes them with
+``groups.choose_round=validation``, the default), every round's groups are judged by how
+likely they make the labels of comparisons the users answered in validation
+(:func:`validation_loglik`: each user weighted by its posterior from its training rows), the
+best round is kept, and the rounds stop after ``PATIENCE`` rounds without a better one. Two
+fixed EM rounds left the 95/5 minority group at 61–68% minority-type users, still shrinking
+from the 20% start; the validation-chosen round reaches 86–96% there, while on DSP it stops
+after one round (later ones grow the group with majority-type users). Without validation rows
+the last round is kept. Everything here is plain torch.
 """
 
 from __future__ import annotations

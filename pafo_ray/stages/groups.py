@@ -4,7 +4,9 @@
 from them and refines them with :func:`pafo_ray.grouping.mixture_groups`: a vanilla lowrank
 head with a population term is fitted in-process on the embedding cache (the run's
 regularisation), its base rewards give each training row ``x = W(φ_chosen − φ_rejected)``,
-and users move to the group whose population vector explains their labels best. Every later
+and users move to the group whose population vector explains their labels best; the round
+kept is the one under which the users' validation rows are most likely
+(``groups.choose_round``). Every later
 stage — teachers, baselines, margins, the student, tune and evaluate — reads its rows from
 here, so one grouping is used everywhere (DESIGN §7: no stage recomputes it differently).
 
