@@ -179,7 +179,7 @@ def grouping(ctx) -> dict:
         return {"skipped": "the data has no user_type"}
     users = run_dir.users()
     truth = (types.reindex(users["user_id"].astype(str)) == "minority").to_numpy()
-    x, user_index = base_differences(ctx, grouping_model(ctx)[0], users)
+    [(x, user_index)] = base_differences(ctx, grouping_model(ctx)[0], users)
     has_rows = np.bincount(user_index.numpy(), minlength=len(users)) > 0
     lowest = (users["group"] == "minority").to_numpy()
     return {"run": _purity(lowest, truth, has_rows),

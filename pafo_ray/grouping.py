@@ -232,29 +232,28 @@ class _Rounds:
     round ``r`` = the groups after ``r`` reassignments (0: the start)."""
 
     def __init__(self, validation) -> None:
-        self.validation, self.kept, self.since_best = validation, [], 0
+        self.validation, self.kept, self.since_best = validation, None, 0
         self.val_loglik = [] if validation is not None else None
 
     def add(self, r: int, groups, populations, log_weight, score) -> None:
         state = {"round": r, "groups": groups.clone(), "populations": populations.clone(),
                  "score": score}
-        if self.validation is not None:
-            value = validation_loglik(*self.validation, populations, log_weight)
-            self.val_loglik.append(round(value, 6))
-            if not self.kept or value > self.kept[0]["value"]:  # ties: the earlier round
-                self.kept = [{**state, "value": value}]
-                self.since_best = 0
-            else:
-                self.since_best += 1
+        if self.validation is None:
+            self.kept = state
+            return
+        state["value"] = validation_loglik(*self.validation, populations, log_weight)
+        self.val_loglik.append(round(state["value"], 6))
+        if self.kept is None or state["value"] > self.kept["value"]:  # ties: the earlier round
+            self.kept, self.since_best = state, 0
         else:
-            self.kept = [state]
+            self.since_best += 1
 
     def done(self) -> bool:
         """With validation rows: ``PATIENCE`` rounds in a row have not beaten the best."""
         return self.validation is not None and self.since_best >= PATIENCE
 
     def best(self) -> dict:
-        return self.kept[0]
+        return self.kept
 
 
 def _score(loglik: torch.Tensor, groups: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:

@@ -72,29 +72,35 @@ def grouping_model(ctx: StageContext):
                          user_shrinkage=cfg.model.user_shrinkage, model_cfg=model_cfg)
 
 
-def base_differences(ctx: StageContext, model, users: pd.DataFrame, split: str = "train"):
-    """The grouping model's view of a split's rows: ``(x, user_index)`` with
+def base_differences(ctx: StageContext, model, users: pd.DataFrame,
+                     splits: tuple = ("train",)) -> list:
+    """The grouping model's view of each split's rows: one ``(x, user_index)`` per split, with
     ``x = W(φ_chosen − φ_rejected)`` ``[n, K]`` and ``user_index`` ``[n]`` each row's position
-    in ``users`` (a row of a user not there: an error naming the split)."""
+    in ``users`` (a row of a user not there: an error naming the split). The embedding cache
+    is read once for all the splits."""
     import torch
 
     from pafo_ray.train.arrays import read_cache
     from pafo_ray.train.frames import read_frame
 
     cache = read_cache(ctx.run_dir.embed_cache())
-    rows = read_frame(ctx.run_dir.prepared_rows(split),
-                      columns=["user_id", "chosen_text_id", "rejected_text_id"])
-    position = rows["user_id"].astype(str).map({u: i for i, u in enumerate(users["user_id"])})
-    if position.isna().any():
-        raise ValueError(f"{int(position.isna().sum())} {split} row(s) of users missing from "
-                         f"prepare's users table (first: {rows['user_id'][position.isna()].iloc[0]!r})")
-    user_index = torch.from_numpy(position.to_numpy(np.int64, copy=True))
-    with torch.no_grad():
-        base = model.head.base
-        chosen = cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))
-        rejected = cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))
-        x = base(cache.vectors[chosen]) - base(cache.vectors[rejected])  # [n, K]
-    return x, user_index
+    position_of = {u: i for i, u in enumerate(users["user_id"])}
+    out = []
+    for split in splits:
+        rows = read_frame(ctx.run_dir.prepared_rows(split),
+                          columns=["user_id", "chosen_text_id", "rejected_text_id"])
+        position = rows["user_id"].astype(str).map(position_of)
+        if position.isna().any():
+            raise ValueError(f"{int(position.isna().sum())} {split} row(s) of users missing from "
+                             f"prepare's users table (first: "
+                             f"{rows['user_id'][position.isna()].iloc[0]!r})")
+        with torch.no_grad():
+            base = model.head.base
+            chosen = cache.index_of(rows["chosen_text_id"].to_numpy(np.int64))
+            rejected = cache.index_of(rows["rejected_text_id"].to_numpy(np.int64))
+            x = base(cache.vectors[chosen]) - base(cache.vectors[rejected])  # [n, K]
+        out.append((x, torch.from_numpy(position.to_numpy(np.int64, copy=True))))
+    return out
 
 
 def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -106,9 +112,10 @@ def mixture(ctx: StageContext, users: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     cfg = ctx.cfg
     names = group_names(cfg.prepare.num_groups)
     model, metrics = grouping_model(ctx)
-    x, user_index = base_differences(ctx, model, users)
-    val_x, val_index = (base_differences(ctx, model, users, "val")
-                        if cfg.groups.choose_round == "validation" else (None, None))
+    by_validation = cfg.groups.choose_round == "validation"
+    (x, user_index), *val = base_differences(ctx, model, users,
+                                             ("train", "val") if by_validation else ("train",))
+    val_x, val_index = val[0] if val else (None, None)
     index = {g: i for i, g in enumerate(names)}
     initial = torch.from_numpy(users["support_group"].map(index).to_numpy(np.int64, copy=True))
     result = mixture_groups(x, user_index, initial, iterations=cfg.groups.iterations,
