@@ -40,3 +40,17 @@ def test_hashes_still_follow_the_given_config(tmp_path):
     for stage in ("regularize", "groups", "teachers", "margins", "baselines", "distill",
                   "evaluate"):
         assert stage_hash(other, stage) != stage_hash(base, stage), stage
+
+
+def test_apply_upstream_any_hash_reads_a_stale_runs_own_choices(tmp_path):
+    """A benchmark rereading an old run takes its recorded regularisation even when the
+    stage's hash went stale (e.g. its input file was touched); a pipeline run does not."""
+    from pafo_ray.stages.base import apply_upstream
+
+    ctx = _context(tmp_path)
+    ctx.run_dir.write_summary("regularize", REGULARIZE)  # a summary, no success marker
+    given = (ctx.cfg.train.weight_decay, ctx.cfg.model.user_shrinkage)
+    apply_upstream(ctx)
+    assert (ctx.cfg.train.weight_decay, ctx.cfg.model.user_shrinkage) == given
+    apply_upstream(ctx, any_hash=True)
+    assert (ctx.cfg.train.weight_decay, ctx.cfg.model.user_shrinkage) == (0.37, 0.21)

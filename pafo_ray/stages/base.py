@@ -138,11 +138,13 @@ def _apply_updates(ctx: StageContext, summary: dict) -> None:
         ctx.cfg = dataclasses.replace(ctx.cfg, **{section: dataclasses.replace(current, **values)})
 
 
-def apply_upstream(ctx: StageContext) -> None:
+def apply_upstream(ctx: StageContext, *, any_hash: bool = False) -> None:
     """Before running a single stage: take the updates of finished upstream stages (hashes
-    do not change: they come from the config as given)."""
+    do not change: they come from the config as given). ``any_hash``: of a stage finished
+    under another hash too (a benchmark reading an old run as it was)."""
     for name in ("embed", "regularize"):  # embed: a tuned backbone (embed.tune_layers)
-        if is_active(ctx.cfg, name) and is_done(ctx, name):
+        done = ctx.run_dir.has_summary(name) if any_hash else is_done(ctx, name)
+        if is_active(ctx.cfg, name) and done:
             _apply_updates(ctx, ctx.run_dir.summary(name))
 
 
