@@ -7,7 +7,9 @@
 - ``probe``: how much of the simulator's latent attribute (the DSP domain that wrote a
   response) the cached features carry: 5-way logistic regression on query-centred features,
   5-fold split by query, chance 20% — for the backbone's vectors and, with ``embed.adapt``,
-  for the adapted ones.
+  for the adapted ones; beside it the 2-way *type-axis* probe (the domains the minority type
+  weighs more against those it weighs less, chance 50%), and both probes on a lexical
+  baseline (character n-gram TF-IDF of the responses): the features' share of the problem.
 - ``teachers``: each teacher's validation accuracy on its own group beside vanilla's on that
   group (DESIGN §6: distillation helps only where a teacher beats vanilla there), and the
   seconds each model's fit took.
@@ -97,8 +99,41 @@ def probe(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: i
     return float(np.mean(scores))
 
 
+def type_axis(labels: np.ndarray) -> np.ndarray:
+    """Per text, the side of the axis that separates the two simulated types: 1 for a domain
+    the minority type weighs more than the majority (entertainment, literature), 0 for one it
+    weighs less (academy, business), -1 for one both weigh alike (normal)."""
+    from pafo_ray.data.convert import DSP_MAJORITY_MODE, DSP_MINORITY_MODE
+
+    side = np.sign(DSP_MINORITY_MODE - DSP_MAJORITY_MODE)
+    return np.where(side > 0, 1, np.where(side < 0, 0, -1))[labels]
+
+
+def probes(features: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> dict:
+    """The 5-way domain probe and the 2-way type-axis probe (texts off the axis left out;
+    chance 50%) of one feature set."""
+    axis = type_axis(labels)
+    on = axis >= 0
+    return {"accuracy": probe(features, labels, queries),
+            "type_axis": probe(features[on], axis[on], queries[on])}
+
+
+def lexical_features(responses: list, dim: int = 128, seed: int = 0) -> np.ndarray:
+    """A lexical baseline for the probe: character 3-5-gram TF-IDF of the responses (sublinear
+    term frequency, n-grams in at least 2 texts), reduced to ``dim`` by truncated SVD."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    counts = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
+                             min_df=2).fit_transform(responses)
+    dim = max(1, min(dim, counts.shape[1] - 1, counts.shape[0] - 1))
+    return TruncatedSVD(dim, random_state=seed).fit_transform(counts)
+
+
 def dsp_probe(cfg, run_dir) -> dict:
-    """The domain probe on every cache the embed stage wrote (``frozen_cache``, ``cache``)."""
+    """The domain and type-axis probes (:func:`probes`) on every cache the embed stage wrote
+    (``frozen_cache``, ``cache``), and on a lexical baseline of the same texts
+    (:func:`lexical_features`): whether a representation carries what separates the types."""
     from pafo_ray.train.arrays import read_cache
 
     rows = _frame(run_dir, "prepare", "data", columns=[
@@ -120,8 +155,14 @@ def dsp_probe(cfg, run_dir) -> dict:
         queries = np.unique([texts[t][0] for t in ids], return_inverse=True)[1]
         label = ("frozen" if name == "frozen_cache" else "adapted"
                  if run_dir.exists("embed", "frozen_cache") else "tuned" if tuned else "frozen")
-        out[label] = {"accuracy": probe(cache.vectors.numpy()[keep], labels, queries),
+        out[label] = {**probes(cache.vectors.numpy()[keep], labels, queries),
                       "texts": len(ids), "dim": int(cache.vectors.shape[1])}
+    ids = sorted(texts)
+    labels = np.array([domain[texts[t]] for t in ids])
+    queries = np.unique([texts[t][0] for t in ids], return_inverse=True)[1]
+    lexical = lexical_features([texts[t][1] for t in ids], seed=cfg.run.seed)
+    out["lexical"] = {**probes(lexical, labels, queries), "texts": len(ids),
+                      "dim": int(lexical.shape[1])}
     return out
 
 

@@ -243,7 +243,10 @@ def render_diagnostics(runs: list) -> list:
              "minority-type; `vanilla / type utility` = vanilla's test accuracy by type as a "
              "share of it; `probe` = 5-way DSP-domain "
              "logistic probe of the cached features (5 folds by query, chance 20%), backbone → "
-             "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers); "
+             "adapted (`tuned`: the backbone with its top layers tuned, embed.tune_layers), "
+             "with `axis` = the 2-way probe of the type axis (the domains the minority type "
+             "weighs more vs less, chance 50%), then both on a lexical baseline (character "
+             "3-5-gram TF-IDF of the responses, 128 SVD dims); "
              "`teachers` = validation accuracy on the teacher's own group vs vanilla's "
              "on that group (`_ft`: started from vanilla); seconds: the embed forward pass, the "
              "top-layer tuning, the adapter fit, vanilla's fit; `grouping` = the run's lowest group, "
@@ -265,8 +268,7 @@ def render_diagnostics(runs: list) -> list:
         share = " / ".join(f"{100 * van[t] / ceiling[t]:.0f}%" if van.get(t) and ceiling.get(t)
                            else "–" for t in ("majority", "minority"))
         probe = d.get("probe") or {}
-        probe_text = " → ".join(f"{100 * probe[k]['accuracy']:.1f}" for k in ("frozen", "tuned", "adapted")
-                                if k in probe) or "–"
+        probe_text = _probe_text(probe)
         teachers = d.get("teachers") or {}
         teach = "; ".join(f"{n} {_pct(t.get('val_own_group'))} vs {_pct(t.get('vanilla_on_group'))}"
                           for n, t in teachers.items() if n != "vanilla" and "error" not in teachers)
@@ -281,6 +283,18 @@ def render_diagnostics(runs: list) -> list:
             f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {tune or '–'} / {adapt or '–'} / "
             f"{vfit or '–'} | {_grouping_text(d.get('grouping'))} | {_oracle_text(run.get('oracle'))} |")
     return lines
+
+
+def _probe_text(probe: dict) -> str:
+    """``43.9 (axis 76.1) → …; lexical 56.9 (axis 80.2)``: 5-way (type-axis) accuracy."""
+    def cell(p):
+        axis = f" (axis {100 * p['type_axis']:.1f})" if p.get("type_axis") is not None else ""
+        return f"{100 * p['accuracy']:.1f}{axis}"
+
+    text = " → ".join(cell(probe[k]) for k in ("frozen", "tuned", "adapted") if k in probe)
+    if "lexical" in probe:
+        text = f"{text}; lexical {cell(probe['lexical'])}" if text else f"lexical {cell(probe['lexical'])}"
+    return text or "–"
 
 
 def _grouping_text(grouping) -> str:

@@ -3,6 +3,7 @@ bar's verdict, on hand-made metrics."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks.quality import _oracle_text, oracle_twin, render_diagnostics, verdict
@@ -92,3 +93,56 @@ def test_grouping_ceiling_on_planted_users():
     x, users = rows(12, 0.0)
     keep = users != 0
     assert grouping_ceiling(x[keep], users[keep], truth, l2=1e-3)["minority_type_users"] == 9
+
+
+def test_type_axis_sides_follow_the_simulators_modes():
+    from benchmarks.diagnostics import type_axis
+
+    # academy, business: the majority's; entertainment, literature: the minority's; normal: both
+    assert type_axis(np.array([0, 1, 2, 3, 4, 2])).tolist() == [0, 0, 1, 1, -1, 1]
+
+
+def test_axis_probe_reads_a_feature_that_knows_only_the_side():
+    """Features that carry the type axis and nothing else: the 2-way probe reads it, the
+    5-way probe cannot tell the two domains of a side apart (about 3 of 5 right)."""
+    from benchmarks.diagnostics import probes
+
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(5), 60)
+    queries = np.repeat(np.arange(60), 5)
+    side = np.array([0.0, 0.0, 1.0, 1.0, 0.5])[labels]
+    features = np.stack([side, rng.normal(size=labels.size)], axis=1) + 0.01 * rng.normal(size=(labels.size, 2))
+    out = probes(features, labels, queries)
+    assert out["type_axis"] > 0.95
+    assert out["accuracy"] < 0.75
+
+
+def test_lexical_baseline_reads_domain_words():
+    from benchmarks.diagnostics import lexical_features, probes
+
+    words = ["research hypothesis empirical", "market revenue profit", "movie celebrity fun",
+             "poem metaphor verse", "simple plain answer"]
+    rng = np.random.default_rng(1)
+    filler = ["the", "water", "city", "light", "river", "stone", "paper", "music"]
+    texts, labels, queries = [], [], []
+    for q in range(40):
+        topic = " ".join(rng.choice(filler, 4))
+        for d, w in enumerate(words):
+            texts.append(f"{topic} {w} {topic}")
+            labels.append(d)
+            queries.append(q)
+    x = lexical_features(texts, dim=32)
+    assert x.shape == (200, 32)
+    out = probes(x, np.array(labels), np.array(queries))
+    assert out["accuracy"] > 0.9 and out["type_axis"] > 0.9
+
+
+def test_probe_cell_shows_the_axis_and_the_lexical_baseline():
+    from benchmarks.quality import _probe_text
+
+    probe = {"frozen": {"accuracy": 0.4391, "type_axis": 0.7612},
+             "adapted": {"accuracy": 0.5, "type_axis": None},
+             "lexical": {"accuracy": 0.569, "type_axis": 0.802}}
+    assert _probe_text(probe) == "43.9 (axis 76.1) → 50.0; lexical 56.9 (axis 80.2)"
+    assert _probe_text({"frozen": {"accuracy": 0.44}}) == "44.0"
+    assert _probe_text({}) == "–"
