@@ -18,6 +18,9 @@
   simulator's *true* user types and the groups kept at their true sizes: each user still goes
   where its own ~10 training rows point, so this is the purity the run's grouping model could
   reach with the populations known exactly — beside the run's own purity and recall.
+- ``placement``: DSP only: the same purity with the simulator's *true* features (one-hot
+  domains) and type priors — Bayes placement of each user by its own training rows: how pure
+  the groups could be at this many rows a user if the features knew the domains.
 - ``cost``: seconds of the embed stage's forward pass, the top-layer tuning
   (``embed.tune_layers``) and the adapter fit.
 Diagnostics only: nothing here feeds a choice of the pipeline.
@@ -43,9 +46,9 @@ def dsp_domains(path) -> dict:
     return {(q, responses[i * k + d]): d for i, q in enumerate(queries) for d in range(k)}
 
 
-def dsp_ceiling(cfg) -> dict:
-    """Test accuracy by true type of the true, the type-mean and the population utilities."""
-    from pafo_ray.data.convert import DSP_MAJORITY_MODE, DSP_MINORITY_MODE, simulate_dsp
+def _simulated(cfg, split: str):
+    """The run's simulated DSP rows of ``split`` (as the input stage simulates them), pandas."""
+    from pafo_ray.data.convert import simulate_dsp
 
     data = cfg.data
     sim = simulate_dsp(data.path, num_users=data.sim_num_users,
@@ -54,7 +57,15 @@ def dsp_ceiling(cfg) -> dict:
                        label_beta=data.sim_label_beta, max_prompts=data.sim_max_prompts,
                        seed=cfg.run.seed)
     rows = sim.rows.to_pandas()
-    rows = rows[rows["split"] == "test"]
+    return rows[rows["split"] == split]
+
+
+def dsp_ceiling(cfg) -> dict:
+    """Test accuracy by true type of the true, the type-mean and the population utilities."""
+    from pafo_ray.data.convert import DSP_MAJORITY_MODE, DSP_MINORITY_MODE
+
+    data = cfg.data
+    rows = _simulated(cfg, "test")
     domain = dsp_domains(data.path)
     k = len(DSP_MAJORITY_MODE)
 
@@ -97,6 +108,58 @@ def probe(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: i
         model.fit(x[train], labels[train])
         scores.append(model.score(x[test], labels[test]))
     return float(np.mean(scores))
+
+
+def placement_ceiling(chosen: np.ndarray, rejected: np.ndarray, user: np.ndarray,
+                      is_minority: dict, modes: tuple, concentration: float, label_beta=None,
+                      samples: int = 4000, seed: int = 0) -> dict:
+    """How pure the lowest group could be if each user were placed by its own training rows
+    *with the simulator's true features*: Bayes placement. ``chosen`` / ``rejected`` [n] are
+    the rows' one-hot feature indices (the DSP domain), ``user`` [n] their users. Each type's
+    likelihood of a user's answers is averaged over ``samples`` weight vectors drawn from the
+    type's Dirichlet (``concentration`` × the normalised ``modes`` = (majority, minority)):
+    the share of them that agree with every answer (deterministic labels) or the mean of
+    ``Π σ(β·Δu)`` (``label_beta``). The users with the highest minority-vs-majority
+    log-likelihood ratio, as many as there are minority-type users, form the group."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.dirichlet(concentration * np.abs(m) / np.abs(m).sum(), size=samples)
+             for m in modes]
+    order = np.argsort(user, kind="stable")
+    users, starts = np.unique(user[order], return_index=True)
+    ratio = {}
+    for u, rows in zip(users, np.split(order, starts[1:])):
+        logs = []
+        for w in draws:
+            diff = w[:, chosen[rows]] - w[:, rejected[rows]]  # [samples, rows]
+            if label_beta is None:
+                logs.append(np.log(np.mean(np.all(diff > 0, axis=1)) + 1e-12))
+            else:
+                log_lik = -np.logaddexp(0.0, -label_beta * diff).sum(axis=1)
+                logs.append(np.logaddexp.reduce(log_lik) - np.log(samples))
+        ratio[u] = logs[1] - logs[0]
+    size = int(sum(bool(is_minority[u]) for u in users))
+    top = sorted(users, key=lambda u: (-ratio[u], str(u)))[:size]
+    return {"purity": float(np.mean([bool(is_minority[u]) for u in top])) if size else float("nan"),
+            "minority_type_users": size, "rows_per_user": round(len(user) / max(1, len(users)), 1)}
+
+
+def dsp_placement_ceiling(cfg, samples: int = 4000) -> dict:
+    """:func:`placement_ceiling` on the run's simulated DSP training rows."""
+    import inspect
+
+    from pafo_ray.data.convert import DSP_MAJORITY_MODE, DSP_MINORITY_MODE, simulate_dsp
+
+    data = cfg.data
+    rows = _simulated(cfg, "train")
+    concentration = inspect.signature(simulate_dsp).parameters["dirichlet_concentration"].default
+    domain = dsp_domains(data.path)
+    chosen = np.array([domain[(q, r)] for q, r in zip(rows["prompt"], rows["chosen"])])
+    rejected = np.array([domain[(q, r)] for q, r in zip(rows["prompt"], rows["rejected"])])
+    kinds = rows.groupby("user_id")["user_type"].first()
+    return placement_ceiling(chosen, rejected, rows["user_id"].astype(str).to_numpy(),
+                             {str(u): t == "minority" for u, t in kinds.items()},
+                             (DSP_MAJORITY_MODE, DSP_MINORITY_MODE), concentration,
+                             data.sim_label_beta, samples=samples, seed=cfg.run.seed)
 
 
 def type_axis(labels: np.ndarray) -> np.ndarray:
@@ -238,7 +301,8 @@ def collect(ctx) -> dict:
                    "truncated_texts": embed.get("truncated_texts"), "texts": embed.get("texts")}
     steps = [("teachers", lambda: teacher_table(run_dir)), ("grouping", lambda: grouping(ctx))]
     if cfg.data.source == "dsp":
-        steps += [("ceiling", lambda: dsp_ceiling(cfg)), ("probe", lambda: dsp_probe(cfg, run_dir))]
+        steps += [("ceiling", lambda: dsp_ceiling(cfg)), ("probe", lambda: dsp_probe(cfg, run_dir)),
+                  ("placement", lambda: dsp_placement_ceiling(cfg))]
     for name, step in steps:
         try:
             out[name] = step()

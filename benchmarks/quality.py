@@ -253,7 +253,9 @@ def render_diagnostics(runs: list) -> list:
              "its share of minority-type users (purity) / the share of minority-type users in it "
              "(recall), → the purity one assignment round reaches from the true types' "
              "population vectors at the true size (each user placed by its own training rows: "
-             "the grouping's ceiling at this many rows a user); `true groups`: the twin run with "
+             "the grouping's ceiling at this many rows a user), and with the simulator's true "
+             "features (DSP: Bayes placement of each user by its own rows, one-hot domains, "
+             "the types' priors): the ceiling if the features knew the domains; `true groups`: the twin run with "
              "the simulator's user types as the groups (`--oracle`), the share of its vanilla's "
              "gap that pafo / the default weights close, and its minority teacher vs vanilla on "
              "the minority group's validation rows: what perfect grouping would give.", "",
@@ -281,7 +283,8 @@ def render_diagnostics(runs: list) -> list:
             f"{_pct(ceiling.get('majority'))} / {_pct(ceiling.get('minority'))} | "
             f"{_pct(van.get('majority'))} / {_pct(van.get('minority'))} | {share} | {probe_text} | "
             f"{teach or '–'} | {cost.get('encode_seconds') or '–'} / {tune or '–'} / {adapt or '–'} / "
-            f"{vfit or '–'} | {_grouping_text(d.get('grouping'))} | {_oracle_text(run.get('oracle'))} |")
+            f"{vfit or '–'} | {_grouping_text(d.get('grouping'), d.get('placement'))} | "
+            f"{_oracle_text(run.get('oracle'))} |")
     return lines
 
 
@@ -297,12 +300,14 @@ def _probe_text(probe: dict) -> str:
     return text or "–"
 
 
-def _grouping_text(grouping) -> str:
+def _grouping_text(grouping, placement=None) -> str:
     if not grouping or "run" not in grouping:
         return "–"
     run, ceiling = grouping["run"], grouping["ceiling"]
+    true = (f"; true features {_pct(placement['purity'])}"
+            if placement and placement.get("purity") is not None else "")
     return (f"{_pct(run['purity'])} / {_pct(run['recall'])} ({run['users']} users) → "
-            f"{_pct(ceiling['purity'])} at {ceiling['minority_type_users']}; "
+            f"{_pct(ceiling['purity'])} at {ceiling['minority_type_users']}{true}; "
             f"{ceiling['rows_per_user']:g} rows a user")
 
 

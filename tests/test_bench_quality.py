@@ -63,6 +63,9 @@ def test_diagnostics_table_gets_the_grouping_cell():
     lines = render_diagnostics([run])
     assert lines[-1].endswith("| 75.0 / 90.0 (120 users) → 82.0 at 100; 11 rows a user | – |")
     assert lines[-1].count("|") == lines[-2].count("|")
+    run["diagnostics"]["placement"] = {"purity": 0.94, "minority_type_users": 100}
+    assert render_diagnostics([run])[-1].endswith(
+        "| 75.0 / 90.0 (120 users) → 82.0 at 100; true features 94.0; 11 rows a user | – |")
 
 
 def test_grouping_ceiling_on_planted_users():
@@ -146,3 +149,28 @@ def test_probe_cell_shows_the_axis_and_the_lexical_baseline():
     assert _probe_text(probe) == "43.9 (axis 76.1) → 50.0; lexical 56.9 (axis 80.2)"
     assert _probe_text({"frozen": {"accuracy": 0.44}}) == "44.0"
     assert _probe_text({}) == "–"
+
+
+def test_placement_ceiling_by_hand():
+    """Two features; the majority's mode weighs feature 0, the minority's feature 1. Users
+    a, b (minority-type) and d (majority-type) each answered "1 over 0" five times, the rest
+    "0 over 1": the three users most likely minority are a, b and d — 2 of 3 pure, with
+    deterministic labels and with Bradley–Terry ones alike. c, a minority-type user who
+    answers like the majority, cannot be found from its rows."""
+    from benchmarks.diagnostics import placement_ceiling
+
+    answers = {"a": 1, "b": 1, "c": 0, "d": 1, **{f"m{i}": 0 for i in range(6)}}
+    user = np.repeat(list(answers), 5)
+    chosen = np.array([answers[u] for u in user])
+    kinds = {"a": True, "b": True, "c": True, **{u: False for u in answers if u not in "abc"}}
+    modes = (np.array([0.9, 0.1]), np.array([0.1, 0.9]))
+    for beta in (None, 4.0):
+        out = placement_ceiling(chosen, 1 - chosen, user, kinds, modes, 10.0, beta, samples=2000)
+        assert out["purity"] == pytest.approx(2 / 3)
+        assert out["minority_type_users"] == 3 and out["rows_per_user"] == 5.0
+    kinds["d"] = True  # 4 minority-type users: the group is a, b, d and, of the users tied
+    out = placement_ceiling(chosen, 1 - chosen, user, kinds, modes, 10.0, None, samples=2000)
+    assert out["purity"] == pytest.approx(1.0)  # below them, the first by id: c
+    kinds["m0"], kinds["c"] = True, False  # now the first by id is majority-type
+    out = placement_ceiling(chosen, 1 - chosen, user, kinds, modes, 10.0, None, samples=2000)
+    assert out["purity"] == pytest.approx(3 / 4)
