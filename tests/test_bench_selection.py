@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks.selection import rank_corr, render, best_on_test
+from benchmarks.selection import best_on_test, rank_corr, render
 
 DEFAULT = {"minority": 0.60, "majority": 0.80}
 
