@@ -55,13 +55,12 @@ SMOKE = {"model.backbone": "builtin-tiny", "data.generator.num_users": 60,
          "train.weight_decay_grid": [1e-4], "train.user_shrinkage_grid": [1e-3]}
 
 
-def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
-            extra: list = (), suffix: str = "") -> dict:
-    """One pipeline run; ``extra`` are ``key=value`` overrides on top (the lever measured)."""
+def run_config(dataset: str, seed: int, trials: int, out: Path, extra: list = (),
+               smoke: bool = False, suffix: str = ""):
+    """The config of one run of the suite; ``extra`` are ``key=value`` overrides on top (the
+    lever measured). The other benchmarks read finished runs back with it."""
     from benchmarks.common import as_overrides
-    from benchmarks.diagnostics import collect
     from pafo_ray.config import load_config
-    from pafo_ray.stages.base import StageContext, run_pipeline
 
     values = {**DATASETS[dataset], **COMMON, "run.storage_path": str(out / "runs"),
               "run.run_name": f"{dataset}-s{seed}{suffix}", "run.seed": seed,
@@ -69,8 +68,16 @@ def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
               "tune.max_concurrent_trials": 2}
     if smoke:
         values.update(SMOKE)
-    overrides = as_overrides(values) + list(extra)
-    ctx = StageContext.create(load_config(None, overrides))
+    return load_config(None, as_overrides(values) + list(extra))
+
+
+def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
+            extra: list = (), suffix: str = "") -> dict:
+    """One pipeline run; ``extra`` are ``key=value`` overrides on top (the lever measured)."""
+    from benchmarks.diagnostics import collect
+    from pafo_ray.stages.base import StageContext, run_pipeline
+
+    ctx = StageContext.create(run_config(dataset, seed, trials, out, extra, smoke, suffix))
     began = time.time()
     run_pipeline(ctx)
     metrics = ctx.run_dir.read_json("evaluate", "metrics.json") if ctx.run_dir.local_dir() is None \

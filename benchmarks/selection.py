@@ -27,18 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def run_config(dataset: str, seed: int, trials: int, out: Path, extra: list = ()):
-    """The config ``benchmarks.quality.run_one`` ran with (``extra``: its ``--set``)."""
-    from benchmarks.common import as_overrides
-    from benchmarks.quality import COMMON, DATASETS
-    from pafo_ray.config import load_config
-
-    values = {**DATASETS[dataset], **COMMON, "run.storage_path": str(out / "runs"),
-              "run.run_name": f"{dataset}-s{seed}", "run.seed": seed,
-              "data.generator.seed": seed, "tune.num_samples": trials,
-              "tune.max_concurrent_trials": 2}
-    return load_config(None, as_overrides(values) + list(extra))
+from benchmarks.quality import run_config
 
 
 def test_by_type(model, cfg, test, cache) -> dict:
