@@ -334,12 +334,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out:
         from benchmarks.quality import _grouping_text, _probe_text, run_config
-        from pafo_ray.stages.base import StageContext
+        from pafo_ray.stages.base import StageContext, apply_upstream
 
         for dataset in args.datasets:
             for seed in args.seeds:
                 ctx = StageContext.create(run_config(dataset, seed, args.trials, Path(args.out),
                                                      args.set))
+                apply_upstream(ctx, any_hash=True)  # the run's own regularisation, as in the suite
                 found = collect(ctx)
                 print(json.dumps({"dataset": dataset, "seed": seed, **found}, default=str))
                 print(f"| {dataset} | {seed} | probe {_probe_text(found.get('probe') or {})} | "
