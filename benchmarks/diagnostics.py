@@ -314,38 +314,17 @@ def collect(ctx) -> dict:
 def main(argv=None) -> int:
     """``python -m benchmarks.diagnostics [--seeds 0 1 2]``: the DSP ceilings alone (no Ray):
     the utilities' test accuracy by type, and the placement ceiling with the true features.
-    With ``--out DIR`` (a ``python -m benchmarks.quality`` output; its ``--datasets``,
-    ``--trials`` and ``--set``): every diagnostic of those finished runs, read again with
-    today's code (one JSON line a run, then the probe and grouping cells of the table)."""
+    (Every diagnostic of finished quality runs: ``python -m benchmarks.quality ...
+    --diagnostics-only``.)"""
     import argparse
     import json
-    from pathlib import Path
 
     from benchmarks.common import DSP
     from pafo_ray.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", help="the quality runs' --out (else: the DSP ceilings alone)")
-    parser.add_argument("--datasets", nargs="+", default=["dsp"])
-    parser.add_argument("--trials", type=int, default=48, help="the quality runs' --trials")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="the quality runs' --set overrides")
     args = parser.parse_args(argv)
-    if args.out:
-        from benchmarks.quality import _grouping_text, _probe_text, run_config
-        from pafo_ray.stages.base import StageContext, apply_upstream
-
-        for dataset in args.datasets:
-            for seed in args.seeds:
-                ctx = StageContext.create(run_config(dataset, seed, args.trials, Path(args.out),
-                                                     args.set))
-                apply_upstream(ctx, any_hash=True)  # the run's own regularisation, as in the suite
-                found = collect(ctx)
-                print(json.dumps({"dataset": dataset, "seed": seed, **found}, default=str))
-                print(f"| {dataset} | {seed} | probe {_probe_text(found.get('probe') or {})} | "
-                      f"grouping {_grouping_text(found.get('grouping'), found.get('placement'))} |")
-        return 0
     for seed in args.seeds:
         cfg = load_config(None, ["data.source=dsp", f"data.path={DSP}", f"run.seed={seed}"])
         ceiling = {k: {t: round(100 * v, 1) for t, v in d.items()}

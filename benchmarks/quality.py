@@ -398,6 +398,24 @@ def _plot_front(ax, run: dict) -> None:
     ax.legend(fontsize=7)
 
 
+def rediagnose(args) -> int:
+    """``--diagnostics-only``: each finished run read with its own choices (the
+    regularisation it chose, whatever its stage hashes say now), as the suite reads it."""
+    from benchmarks.diagnostics import collect
+    from pafo_ray.stages.base import StageContext, apply_upstream
+
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            ctx = StageContext.create(run_config(dataset, seed, args.trials, Path(args.out),
+                                                 args.set))
+            apply_upstream(ctx, any_hash=True)
+            found = collect(ctx)
+            print(json.dumps({"dataset": dataset, "seed": seed, **found}, default=str))
+            print(f"| {dataset} | {seed} | probe {_probe_text(found.get('probe') or {})} | "
+                  f"grouping {_grouping_text(found.get('grouping'), found.get('placement'))} |")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,8 +433,15 @@ def main(argv=None) -> int:
                         help="a twin of every run with the true user types as the groups "
                              "(groups.method=oracle, a diagnostic): what pafo could close with "
                              "perfect grouping (doubles the time)")
+    parser.add_argument("--diagnostics-only", action="store_true",
+                        help="run nothing: read the finished runs under --out again (same "
+                             "--datasets, --seeds, --trials, --set) and print every diagnostic "
+                             "of each with today's code, a JSON line and the probe and grouping "
+                             "cells")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.diagnostics_only:
+        return rediagnose(args)
     if args.smoke:  # its own folder: never mixed with (or overwriting) a real suite's runs
         args.datasets, args.seeds, args.trials = ["builtin-80"], [0], 2
         if args.out == DEFAULT_OUT:
