@@ -71,6 +71,29 @@ def run_config(dataset: str, seed: int, trials: int, out: Path, extra: list = ()
     return load_config(None, as_overrides(values) + list(extra))
 
 
+def read_run(dataset: str, seed: int, trials: int, out: Path, extra: list = ()):
+    """A finished run of the suite, read back for the benchmarks that measure it again:
+    ``(ctx, stale)``. The run's own upstream choices (the regularisation it chose, a tuned
+    backbone) are taken from its summaries even where a stage's hash no longer matches
+    today's config (e.g. its input file was touched: the fingerprint changed); ``stale``
+    names those stages, also on stderr. A run that never finished is an error naming it."""
+    from pafo_ray.stages.base import ORDER, StageContext, apply_upstream, is_active, is_done
+
+    ctx = StageContext.create(run_config(dataset, seed, trials, out, extra))
+    if not ctx.run_dir.has_summary("evaluate"):
+        raise SystemExit(f"{ctx.run_dir.root}: no finished run of {dataset} seed {seed} there "
+                         "(no evaluate/summary.json); run `python -m benchmarks.quality` with "
+                         "the same --out, --datasets, --seeds, --trials and --set first")
+    apply_upstream(ctx, any_hash=True)
+    stale = [name for name in ORDER if name != "evaluate" and is_active(ctx.cfg, name)
+             and ctx.run_dir.has_summary(name) and not is_done(ctx, name)]
+    if stale:
+        print(f"note: {ctx.run_dir.root}: stages {', '.join(stale)} finished under another "
+              "stage hash (e.g. an input file touched since); using the run's files and choices "
+              "as they are", file=sys.stderr)
+    return ctx, stale
+
+
 def run_one(dataset: str, seed: int, trials: int, out: Path, smoke: bool,
             extra: list = (), suffix: str = "") -> dict:
     """One pipeline run; ``extra`` are ``key=value`` overrides on top (the lever measured)."""
@@ -402,13 +425,10 @@ def rediagnose(args) -> int:
     """``--diagnostics-only``: each finished run read with its own choices (the
     regularisation it chose, whatever its stage hashes say now), as the suite reads it."""
     from benchmarks.diagnostics import collect
-    from pafo_ray.stages.base import StageContext, apply_upstream
 
     for dataset in args.datasets:
         for seed in args.seeds:
-            ctx = StageContext.create(run_config(dataset, seed, args.trials, Path(args.out),
-                                                 args.set))
-            apply_upstream(ctx, any_hash=True)
+            ctx, _ = read_run(dataset, seed, args.trials, Path(args.out), args.set)
             found = collect(ctx)
             print(json.dumps({"dataset": dataset, "seed": seed, **found}, default=str))
             print(f"| {dataset} | {seed} | probe {_probe_text(found.get('probe') or {})} | "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.quality import run_config
+from benchmarks.quality import read_run
 
 
 def test_by_type(model, cfg, test, cache) -> dict:
@@ -40,24 +40,6 @@ def test_by_type(model, cfg, test, cache) -> dict:
     correct = score_rows(PairScorer(model), rows, cache) > 0
     types = test["user_type"].astype(str).to_numpy()
     return {t: float(correct[types == t].mean()) for t in ("minority", "majority")}
-
-
-def run_choices(ctx) -> list:
-    """Take the run's own upstream choices (a tuned backbone, the regularisation chosen on
-    validation) from its summaries on disk, as the tune stage had them, even where a stage's
-    hash no longer matches today's config (an input file touched since: its fingerprint
-    changed). Returns those stale stages, and says so on stderr: the refits still use the
-    run's files and choices, which is what this benchmark measures."""
-    from pafo_ray.stages.base import ORDER, apply_upstream, is_active, is_done
-
-    apply_upstream(ctx, any_hash=True)
-    stale = [name for name in ORDER if name != "evaluate" and is_active(ctx.cfg, name)
-             and ctx.run_dir.has_summary(name) and not is_done(ctx, name)]
-    if stale:
-        print(f"note: {ctx.run_dir.root}: stages {', '.join(stale)} finished under another stage hash "
-              "(e.g. an input file touched since); using the run's files and choices as they are",
-              file=sys.stderr)
-    return stale
 
 
 def evaluate_rules(cfg, run_dir) -> dict:
@@ -299,15 +281,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
-    from pafo_ray.stages.base import StageContext
-
     torch.set_num_threads(1)
     out = Path(args.out)
     results = []
     for dataset in args.datasets:
         for seed in args.seeds:
-            ctx = StageContext.create(run_config(dataset, seed, args.trials, out, args.set))
-            stale = run_choices(ctx)
+            ctx, stale = read_run(dataset, seed, args.trials, out, args.set)
             cfg = ctx.cfg
             result = {"dataset": dataset, "seed": seed, "stale_stages": stale}
             if "rules" not in args.skip:

@@ -55,3 +55,18 @@ def test_render_adds_the_bound_and_its_summary_row():
                         "| +2.0 / -0.1 | +0.25 |")
     assert "| best | 0 of 1 | -1.00 | +0.20 |" in text
     assert "| best on test (a bound, not a rule) | 1 of 1 | +2.00 | -0.10 |" in text
+
+
+def test_read_run_names_a_missing_run_and_takes_a_stale_runs_own_choices(tmp_path, capsys):
+    from benchmarks.quality import read_run, run_config
+    from pafo_ray.stages.base import StageContext
+
+    with pytest.raises(SystemExit, match="builtin-80-s0.*no finished run of builtin-80 seed 0"):
+        read_run("builtin-80", 0, 4, tmp_path)
+    run_dir = StageContext.create(run_config("builtin-80", 0, 4, tmp_path)).run_dir
+    run_dir.write_summary("regularize", {"config_updates": {"model": {"user_shrinkage": 0.21}}})
+    run_dir.write_summary("evaluate", {})  # summaries without success markers: stale hashes
+    ctx, stale = read_run("builtin-80", 0, 4, tmp_path)
+    assert ctx.cfg.model.user_shrinkage == 0.21
+    assert stale == ["regularize"]
+    assert "stages regularize finished under another stage hash" in capsys.readouterr().err
